@@ -1,0 +1,88 @@
+"""Thin ctypes wrappers for the syscalls Python 3.11 lacks.
+
+``os.unshare`` and ``os.setns`` arrive only in Python 3.12, and the standard
+library never had ``mount``, ``umount2`` or ``pivot_root``.  Every wrapper
+raises :class:`OSError` with the errno *and* the operation, so the caller can
+turn it into advice (see ``container.errors``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+# Namespace flags from <linux/sched.h>.
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+# Mount flags from <linux/mount.h>.
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+MNT_DETACH = 0x2
+
+PR_SET_PDEATHSIG = 1
+
+# pivot_root has no glibc wrapper; its number differs per architecture.
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "s390x": 217}.get(
+    platform.machine()
+)
+
+for _name, _argtypes in {
+    "unshare": [ctypes.c_int],
+    "mount": [ctypes.c_char_p] * 4,
+    "umount2": [ctypes.c_char_p, ctypes.c_int],
+    "prctl": [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong],
+}.items():
+    getattr(_libc, _name).argtypes = _argtypes
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+
+
+def _check(result: int, operation: str, path: str | None = None) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{operation}: {os.strerror(err)}", path)
+
+
+def _bytes(value: str | None) -> bytes | None:
+    return None if value is None else os.fsencode(value)
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
+    result = _libc.mount(_bytes(source), _bytes(target), _bytes(fstype), flags, _bytes(data))
+    _check(result, f"mount {fstype or 'bind'} on {target}", target)
+
+
+def umount2(target: str, flags: int) -> None:
+    _check(_libc.umount2(_bytes(target), flags), f"umount {target}", target)
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    if _SYS_PIVOT_ROOT is None:
+        raise OSError(38, f"pivot_root: unsupported architecture {platform.machine()}")
+    result = _libc.syscall(_SYS_PIVOT_ROOT, _bytes(new_root), _bytes(put_old))
+    _check(result, "pivot_root", new_root)
+
+
+def set_parent_death_signal(signum: int) -> None:
+    # Fires when the *thread* that forked us exits (prctl(2)); the pytest
+    # process forks from the thread that runs tests, which outlives the test.
+    _check(_libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")

@@ -1,0 +1,127 @@
+"""The container's filesystem as data: a list of mount operations.
+
+Built once per session from the host's mount table, copied per test (so a
+conftest hook can add to it), printed in error messages, and applied by
+``container.rootfs`` in the child.  Like bubblewrap's ``SetupOp`` list: plan,
+then apply.
+
+Overlay does not cross mount points, so the host root alone would show
+empty directories where the host has other filesystems (a venv on its own
+disk, ``/home``, a tmpfs ``/tmp``).  Every such mount gets an overlay of its
+own, with its own upper directory on the same tmpfs.  Kernel filesystems
+(proc, sysfs, cgroup, ...) are never overlaid: the container gets fresh ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable
+
+from pytest_isolate.container.mountinfo import MountEntry, read_mounts
+
+# Filesystems that describe the kernel or another namespace, not files:
+# overlaying them is meaningless or refused.
+KERNEL_FSTYPES = frozenset(
+    "proc sysfs devtmpfs devpts mqueue cgroup cgroup2 debugfs tracefs securityfs pstore bpf "
+    "configfs fusectl hugetlbfs autofs binfmt_misc nsfs efivarfs rpc_pipefs selinuxfs".split()
+)
+# Trees the container gets fresh: its own /proc, a minimal /dev, a read-only /sys.
+FRESH_TREES = ("/proc", "/sys", "/dev")
+DEVICE_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+DEV_SYMLINKS = {
+    "fd": "/proc/self/fd",
+    "stdin": "/proc/self/fd/0",
+    "stdout": "/proc/self/fd/1",
+    "stderr": "/proc/self/fd/2",
+    "ptmx": "pts/ptmx",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class MountOp:
+    """One step.  ``target`` is a path inside the container."""
+
+    kind: str  # overlay | bind | tmpfs | sysfs | devpts | symlink | copy_file
+    target: str
+    source: str | None = None  # host path for overlay (lower), bind and copy_file
+    readonly: bool = False
+    size: int | None = None  # tmpfs size in bytes
+
+    def describe(self) -> str:
+        if self.kind == "overlay":
+            return f"overlay {self.target} (lower {self.source}, upper on tmpfs)"
+        if self.kind == "bind":
+            return f"bind {self.source} -> {self.target}{' (read-only)' if self.readonly else ''}"
+        if self.kind == "symlink":
+            return f"symlink {self.target} -> {self.source}"
+        if self.kind == "copy_file":
+            return f"copy {self.source} -> {self.target}"
+        return f"{self.kind} {self.target}{' (read-only)' if self.readonly else ''}"
+
+
+@dataclasses.dataclass
+class MountPlan:
+    """The ordered operations that build one container's root."""
+
+    ops: list[MountOp]
+
+    def add_bind(self, source: str, target: str | None = None, *, readonly: bool = True) -> None:
+        """Make host ``source`` visible at ``target`` (default: the same path)."""
+        self.ops.append(MountOp("bind", target or source, source=os.path.abspath(source), readonly=readonly))
+
+    def add_tmpfs(self, target: str, size: int | None = None) -> None:
+        """An empty, writable tmpfs at ``target`` (counted in the test's memory)."""
+        self.ops.append(MountOp("tmpfs", target, size=size))
+
+    def copy(self) -> MountPlan:
+        return MountPlan(list(self.ops))
+
+    def describe(self) -> str:
+        return "\n".join(op.describe() for op in self.ops)
+
+
+def _under(path: str, trees: Iterable[str]) -> bool:
+    return any(path == tree or path.startswith(tree.rstrip("/") + "/") for tree in trees)
+
+
+def host_mount_ops(entries: list[MountEntry]) -> list[MountOp]:
+    """Overlay ops for the host root and every file-holding mount below it."""
+    visible: dict[str, MountEntry] = {}
+    for entry in entries:
+        # A later mount on the same point covers the earlier one.
+        visible[entry.mount_point] = entry
+    ops = [MountOp("overlay", "/", source="/")]
+    skipped: list[str] = list(FRESH_TREES)
+    for mount_point in sorted(visible, key=lambda p: (p.count("/"), p)):
+        entry = visible[mount_point]
+        if mount_point == "/" or _under(mount_point, skipped):
+            continue
+        if entry.fstype in KERNEL_FSTYPES:
+            skipped.append(mount_point)
+        elif os.path.isdir(mount_point):
+            ops.append(MountOp("overlay", mount_point, source=mount_point))
+        elif os.path.isfile(mount_point):
+            # A single-file bind mount (resolv.conf in a container): overlay
+            # needs a directory, so the file's content is copied into the upper.
+            ops.append(MountOp("copy_file", mount_point, source=mount_point))
+    return ops
+
+
+def device_ops(shm_size: int) -> list[MountOp]:
+    """A minimal /dev: the harmless nodes, a private devpts and /dev/shm."""
+    ops = [MountOp("tmpfs", "/dev", size=1 << 20)]
+    ops += [MountOp("bind", f"/dev/{name}", source=f"/dev/{name}") for name in DEVICE_NODES]
+    ops.append(MountOp("devpts", "/dev/pts"))
+    ops.append(MountOp("tmpfs", "/dev/shm", size=shm_size))
+    ops += [MountOp("symlink", f"/dev/{name}", source=dest) for name, dest in DEV_SYMLINKS.items()]
+    return ops
+
+
+def build_base_plan(disk: int, entries: list[MountEntry] | None = None) -> MountPlan:
+    """The plan every container starts from (before hooks add to it)."""
+    entries = read_mounts() if entries is None else entries
+    ops = host_mount_ops(entries)
+    ops += device_ops(shm_size=disk)
+    ops.append(MountOp("sysfs", "/sys", readonly=True))
+    return MountPlan(ops)

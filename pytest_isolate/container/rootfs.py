@@ -1,0 +1,157 @@
+"""Apply a MountPlan in a fresh mount namespace and pivot into it.
+
+Runs in the container's launcher process, after ``unshare(CLONE_NEWNS)``.
+Every mount happens in that private namespace: the host never sees one, and
+they all vanish with the namespace's last process, even if pytest is
+SIGKILLed (nothing to unmount, ever).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from pytest_isolate.container import libc
+from pytest_isolate.container.mountplan import MountOp, MountPlan
+from pytest_isolate.errors import ContainerError
+
+# An empty directory on the host: the per-test tmpfs is mounted over it in
+# the private namespace only, so the host never sees anything in it.
+STAGE_DIR = "/run/pytest-isolate"
+NEW_ROOT = "root"
+
+
+def ensure_stage_dir() -> str:
+    os.makedirs(STAGE_DIR, mode=0o700, exist_ok=True)
+    return STAGE_DIR
+
+
+def _escape_layer(path: str) -> str:
+    # overlayfs splits its options on ',' and lowerdir on ':'.
+    return path.replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
+
+
+def _inside(root: str, path: str) -> str:
+    return os.path.join(root, path.lstrip("/"))
+
+
+class _Builder:
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self.root = os.path.join(stage, NEW_ROOT)
+        self.layers = 0
+
+    def apply(self, op: MountOp) -> None:
+        target = _inside(self.root, op.target)
+        getattr(self, f"_{op.kind}")(op, target)
+
+    def _overlay(self, op: MountOp, target: str) -> None:
+        self.layers += 1
+        upper = os.path.join(self.stage, f"u{self.layers}")
+        work = os.path.join(self.stage, f"w{self.layers}")
+        os.mkdir(upper)
+        os.mkdir(work)
+        assert op.source is not None
+        options = f"lowerdir={_escape_layer(op.source)},upperdir={upper},workdir={work}"
+        if op.target == "/":
+            os.mkdir(self.root)
+        try:
+            libc.mount("overlay", target, "overlay", 0, options)
+        except OSError:
+            if op.target == "/":
+                raise
+            # Some filesystems (FUSE, NFS with odd options) refuse to be a
+            # lower layer: show them read-only rather than not at all.
+            libc.mount(op.source, target, None, libc.MS_BIND | libc.MS_REC)
+            libc.mount(None, target, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
+
+    def _bind(self, op: MountOp, target: str) -> None:
+        assert op.source is not None
+        if os.path.isdir(op.source):
+            os.makedirs(target, exist_ok=True)
+        elif not os.path.exists(target):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "wb"):
+                pass
+        libc.mount(op.source, target, None, libc.MS_BIND | libc.MS_REC)
+        if op.readonly:
+            libc.mount(None, target, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
+
+    def _tmpfs(self, op: MountOp, target: str) -> None:
+        os.makedirs(target, exist_ok=True)
+        data = "mode=0755" if op.size is None else f"mode=0755,size={op.size}"
+        if op.target == "/dev/shm":
+            data = data.replace("0755", "1777")
+        libc.mount("tmpfs", target, "tmpfs", libc.MS_NOSUID, data)
+
+    def _devpts(self, op: MountOp, target: str) -> None:
+        os.makedirs(target, exist_ok=True)
+        # newinstance: the container's ptys are its own, not the host's.
+        libc.mount("devpts", target, "devpts", libc.MS_NOSUID | libc.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
+
+    def _sysfs(self, op: MountOp, target: str) -> None:
+        flags = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC | libc.MS_RDONLY
+        try:
+            libc.mount("sysfs", target, "sysfs", flags)
+        except OSError:
+            # Without our own network namespace the kernel refuses a fresh
+            # sysfs; show the host's read-only instead.
+            libc.mount("/sys", target, None, libc.MS_BIND | libc.MS_REC)
+            libc.mount(None, target, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
+
+    def _symlink(self, op: MountOp, target: str) -> None:
+        assert op.source is not None
+        os.symlink(op.source, target)
+
+    def _copy_file(self, op: MountOp, target: str) -> None:
+        assert op.source is not None
+        with open(op.source, "rb") as source, open(target, "wb") as copy:
+            copy.write(source.read())
+
+
+def build_root(plan: MountPlan, stage: str, disk: int) -> None:
+    """Mount everything under ``stage``, then make it ``/``."""
+    libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+    libc.mount("tmpfs", stage, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, f"size={disk},mode=0755")
+    builder = _Builder(stage)
+    for op in plan.ops:
+        try:
+            builder.apply(op)
+        except OSError as error:
+            raise mount_error(op, error) from None
+    try:
+        # pivot_root(".", ".") stacks the old root under the new one, so no
+        # directory for it is needed; detaching it then hides the host.
+        os.chdir(builder.root)
+        libc.pivot_root(".", ".")
+        libc.umount2(".", libc.MNT_DETACH)
+        os.chdir("/")
+    except OSError as error:
+        raise ContainerError("switch to the container's root", f"pivot_root: {error.strerror}") from None
+
+
+def mount_proc() -> None:
+    """Mount /proc for the calling process's PID namespace (call as its PID 1)."""
+    flags = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
+    try:
+        libc.mount("proc", "/proc", "proc", flags)
+    except OSError as error:
+        raise mount_error(MountOp("proc", "/proc"), error) from None
+
+
+_ADVICE = {
+    errno.EPERM: "mounting needs root (CAP_SYS_ADMIN): run pytest as root",
+    errno.EACCES: "mounting needs root (CAP_SYS_ADMIN): run pytest as root",
+    errno.ENODEV: "the kernel lacks this filesystem: for overlay run 'modprobe overlay'",
+    errno.ENOSPC: "the container's writable layer is full: raise disk=",
+    errno.ELOOP: "overlay directories may not overlap",
+    errno.EINVAL: "the kernel refused the mount options (an overlay lower layer on an unsupported filesystem?)",
+}
+
+
+def mount_error(op: MountOp, error: OSError) -> ContainerError:
+    return ContainerError(
+        "build the container's filesystem",
+        f"{op.describe()}: {error.strerror or error}",
+        _ADVICE.get(error.errno or 0, ""),
+    )

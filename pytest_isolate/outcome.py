@@ -1,0 +1,88 @@
+"""What a user reads when a container ends badly, and the usage on every report."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+from typing import Any
+
+from pytest_isolate.container.cgroups import Usage
+from pytest_isolate.spec import IsolationSpec, format_bytes
+
+SECTION = "pytest-isolate"
+
+
+@dataclasses.dataclass
+class ContainerResult:
+    """Everything the parent learnt from one container run."""
+
+    messages: list[dict[str, Any]]
+    status: int | None = None  # the test process's wait status, from init
+    timed_out: bool = False
+    usage: Usage | None = None
+    wall_seconds: float = 0.0
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        return next((m for m in self.messages if m["kind"] == "error"), None)
+
+
+def memory_limit(spec: IsolationSpec) -> str:
+    return f"mem={spec.mem_text!r}" if isinstance(spec.mem_text, str) and not spec.mem_text.isdigit() else f"mem={spec.mem}"
+
+
+def crash_message(spec: IsolationSpec, result: ContainerResult) -> str:
+    """Why the test stopped without finishing, in one line (the ``-ra`` line)."""
+    usage = result.usage or Usage()
+    if result.timed_out:
+        return f"isolated test exceeded timeout={spec.timeout:g}s; all its processes were killed"
+    if usage.oom_kills and spec.mem is not None:
+        peak = format_bytes(usage.peak_memory) if usage.peak_memory is not None else "unknown"
+        return f"isolated test was killed for exceeding the memory limit {memory_limit(spec)} (peak {peak})"
+    error = result.error
+    if error is not None:
+        text = f"pytest-isolate could not {error['stage']}: {error['reason'].rstrip()}"
+        return f"{text}\n{error['advice']}" if error.get("advice") else text
+    status = result.status
+    if status is not None and os.WIFSIGNALED(status):
+        return f"isolated test died of signal {_signal_name(os.WTERMSIG(status))}"
+    if status is not None and os.WIFEXITED(status):
+        return f"isolated test process exited with code {os.WEXITSTATUS(status)} before it finished"
+    return "isolated test ended without a report (its container was killed)"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def limit_notes(spec: IsolationSpec, result: ContainerResult) -> list[str]:
+    """Limits the test ran into, for the report of a test that failed anyway."""
+    usage = result.usage or Usage()
+    notes = []
+    if usage.pids_limit_hits and spec.pids is not None:
+        notes.append(
+            f"the pids limit pids={spec.pids} was reached: the kernel refused "
+            f"{usage.pids_limit_hits} fork/clone call(s) with EAGAIN"
+        )
+    if usage.oom_kills and spec.mem is not None:
+        notes.append(
+            f"the memory limit {memory_limit(spec)} was reached: the kernel OOM-killed "
+            f"{usage.oom_kills} process(es)"
+        )
+    return notes
+
+
+def usage_properties(result: ContainerResult) -> list[tuple[str, object]]:
+    """``report.user_properties`` entries, so junitxml shows them."""
+    usage = result.usage
+    properties: list[tuple[str, object]] = []
+    if usage is not None and usage.peak_memory is not None:
+        properties.append(("isolate_peak_memory_bytes", usage.peak_memory))
+    if usage is not None and usage.cpu_seconds is not None:
+        properties.append(("isolate_cpu_seconds", round(usage.cpu_seconds, 6)))
+    properties.append(("isolate_wall_seconds", round(result.wall_seconds, 6)))
+    return properties

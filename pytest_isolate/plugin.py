@@ -1,0 +1,174 @@
+"""pytest entry point (``pytest11``: ``isolate``): options, marker and hooks.
+
+Kept cheap: pytest imports this module on every run of every project that
+has the plugin installed.  The container machinery (``runtime``) is imported
+when the first isolated test runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Generator
+from typing import TYPE_CHECKING
+
+import pytest
+
+from pytest_isolate import forwarding
+from pytest_isolate.errors import SpecError
+from pytest_isolate.spec import ARGUMENTS, MARKER_SIGNATURE, IsolationSpec, Setting, check_setting, resolve_spec
+
+if TYPE_CHECKING:
+    from pytest_isolate.runtime import Runtime
+
+# Help text per argument, written once, used for the option and the ini key.
+HELP = {
+    "mem": 'memory limit of each isolated test, swap included: bytes or "512K", "64M", "1.5G", "256MiB"',
+    "cpu": "CPU limit of each isolated test in cores, e.g. 0.5 (a CFS quota)",
+    "pids": "most processes/threads an isolated test may have at once",
+    "timeout": "seconds of wall time after which every process of an isolated test is killed",
+    "net": "true: the host's network; false (default): only the container's own loopback",
+    "hostname": 'hostname inside the container (default "isolated")',
+    "rootfs": 'root filesystem of the container: "host" (default, an overlay snapshot of /)',
+    "disk": 'size of the container\'s writable layer (default "1G"); past it writes fail with ENOSPC',
+}
+ISOLATE_ALL_HELP = "run every test in its own container, not only those marked @isolated"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    isolate_all: bool
+    defaults: dict[str, Setting]  # ini < command line, already merged and checked
+
+
+SETTINGS_KEY = pytest.StashKey[Settings]()
+SPEC_KEY = pytest.StashKey["IsolationSpec | SpecError"]()
+RUNTIME_KEY = pytest.StashKey["Runtime"]()
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from pytest_isolate import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("isolate", "run tests in throw-away containers (pytest-isolate)")
+    group.addoption("--isolate", action="store_true", default=None, help=ISOLATE_ALL_HELP)
+    parser.addini("isolate", ISOLATE_ALL_HELP, type="bool", default=False)
+    for argument in ARGUMENTS:
+        group.addoption(f"--isolate-{argument}", metavar="VALUE", default=None, help=HELP[argument])
+        parser.addini(f"isolate_{argument}", HELP[argument], default="")
+
+
+def read_settings(config: pytest.Config) -> Settings:
+    """The one place that orders built-in default < ini < command line."""
+    defaults: dict[str, Setting] = {}
+    for argument in ARGUMENTS:
+        ini_value = config.getini(f"isolate_{argument}")
+        if isinstance(ini_value, str) and ini_value.strip():
+            defaults[argument] = Setting(ini_value.strip(), "ini")
+        cli_value = config.getoption(f"isolate_{argument}")
+        if cli_value is not None:
+            defaults[argument] = Setting(cli_value, "cli")
+        if argument in defaults:
+            check_setting(argument, defaults[argument])
+    cli_all = config.getoption("isolate")
+    isolate_all = bool(config.getini("isolate")) if cli_all is None else cli_all
+    return Settings(isolate_all=isolate_all, defaults=defaults)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{MARKER_SIGNATURE}: run the test in its own throw-away Linux container "
+        "(overlay snapshot of the root, new namespaces, cgroup limits)",
+    )
+    try:
+        config.stash[SETTINGS_KEY] = read_settings(config)
+    except SpecError as error:
+        raise pytest.UsageError(str(error)) from None
+
+
+def _is_isolated(item: pytest.Item) -> bool:
+    return item.config.stash[SETTINGS_KEY].isolate_all or item.get_closest_marker("isolated") is not None
+
+
+def _resolve(item: pytest.Item) -> IsolationSpec:
+    """The item's spec; raises SpecError naming the test, argument and value."""
+    marker_kwargs: dict[str, object] = {}
+    for marker in item.iter_markers("isolated"):  # closest first: it wins per argument
+        if marker.args:
+            raise SpecError(
+                "marker", "positional argument", marker.args[0], "keyword arguments only, e.g. @isolated(mem=\"64M\")",
+                where=item.nodeid,
+            )
+        for name, value in marker.kwargs.items():
+            marker_kwargs.setdefault(name, value)
+    return resolve_spec(item.config.stash[SETTINGS_KEY].defaults, marker_kwargs, item.nodeid)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> Generator[None, object, object]:
+    # Checking here, inside the module's collection, turns a bad marker
+    # argument into a collection error for that module, not an INTERNALERROR.
+    result = yield
+    items = result if isinstance(result, list) else [result]
+    for item in items:
+        if isinstance(item, pytest.Item) and _is_isolated(item):
+            try:
+                item.stash[SPEC_KEY] = _resolve(item)
+            except SpecError as error:
+                raise pytest.fail.Exception(str(error), pytrace=False) from None
+    return result
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Items that are not Python functions (doctests, other plugins' items).
+    for item in items:
+        if SPEC_KEY not in item.stash and _is_isolated(item):
+            try:
+                item.stash[SPEC_KEY] = _resolve(item)
+            except SpecError as error:
+                item.stash[SPEC_KEY] = error
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+    if forwarding.inside_container or SPEC_KEY not in item.stash:
+        return None  # not isolated, or already inside the container
+    from pytest_isolate.protocol import report_setup_error, run_isolated
+
+    spec = item.stash[SPEC_KEY]
+    if isinstance(spec, SpecError):
+        report_setup_error(item, str(spec))
+        return True
+    modified = item.config.hook.pytest_isolate_modify_spec(item=item, spec=spec)
+    if modified is not None and not isinstance(modified, IsolationSpec):
+        report_setup_error(
+            item, f"pytest_isolate_modify_spec returned {modified!r} for {item.nodeid}; expected an IsolationSpec or None"
+        )
+        return True
+    run_isolated(_runtime(item.config), item, nextitem, modified or spec)
+    return True
+
+
+def _runtime(config: pytest.Config) -> Runtime:
+    if RUNTIME_KEY not in config.stash:
+        from pytest_isolate.runtime import Runtime
+
+        runtime = Runtime(config)
+        config.stash[RUNTIME_KEY] = runtime
+        if runtime.cleaned:
+            reporter = config.pluginmanager.get_plugin("terminalreporter")
+            if reporter is not None:
+                reporter.write_line(
+                    f"pytest-isolate: removed {len(runtime.cleaned)} cgroup(s) left by dead runs"
+                )
+    return config.stash[RUNTIME_KEY]
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    runtime = session.config.stash.get(RUNTIME_KEY, None)
+    if runtime is not None:
+        runtime.close()
+        del session.config.stash[RUNTIME_KEY]

@@ -1,0 +1,180 @@
+"""The runtest protocol of an isolated test, on the pytest side.
+
+The same log sequence pytest itself produces (logstart, a report per phase,
+logfinish), so terminal output, ``-ra``, junitxml, ``--lf`` and xdist see
+an isolated test exactly like any other:
+
+1. wider-scoped fixtures are set up here, in the pytest process;
+2. the test runs in a container (``runtime.launch``);
+3. its reports are rebuilt with ``pytest_report_from_serializable``; phases
+   the container never reported (it crashed, was OOM-killed or timed out)
+   get a failed report saying why;
+4. every report carries the test's usage in ``user_properties``;
+5. wider-scoped teardown runs here, at the normal time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_isolate import scopes
+from pytest_isolate.errors import ContainerError
+from pytest_isolate.forwarding import rebuild_warning
+from pytest_isolate.outcome import SECTION, ContainerResult, crash_message, limit_notes, usage_properties
+
+if TYPE_CHECKING:
+    from pytest_isolate.runtime import Runtime
+    from pytest_isolate.spec import IsolationSpec
+
+_RERAISE = (pytest.exit.Exception, KeyboardInterrupt)
+
+
+def run_isolated(runtime: Runtime, item: pytest.Item, nextitem: pytest.Item | None, spec: IsolationSpec) -> None:
+    ihook = item.ihook
+    ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    warnings_seen: list[dict[str, Any]] = []
+    try:
+        with _capture(item, "setup"):
+            setup = pytest.CallInfo.from_call(lambda: scopes.setup_wider_fixtures(item), when="setup", reraise=_RERAISE)
+        if setup.excinfo is not None:
+            reports = [ihook.pytest_runtest_makereport(item=item, call=setup)]
+            result = None
+        else:
+            result = _run_container(runtime, item, spec)
+            reports, warnings_seen = _rebuild(item, spec, result)
+        child_teardown = reports.pop() if reports and reports[-1].when == "teardown" else None
+        for report in reports:
+            ihook.pytest_runtest_logreport(report=report)
+        if item.session.shouldfail or item.session.shouldstop:
+            nextitem = None  # as runtestprotocol: tear everything down (#11706)
+        with _capture(item, "teardown"):
+            teardown = pytest.CallInfo.from_call(
+                lambda: scopes.teardown_towards(item, nextitem), when="teardown", reraise=_RERAISE
+            )
+        if teardown.excinfo is not None or child_teardown is None:
+            final = ihook.pytest_runtest_makereport(item=item, call=teardown)
+            if result is not None:
+                final.user_properties.extend(usage_properties(result))
+        else:
+            final = child_teardown
+            final.sections.extend(_parent_sections(item, "teardown"))
+        ihook.pytest_runtest_logreport(report=final)
+    finally:
+        scopes.release_request(item)
+        ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    for message in warnings_seen:
+        ihook.pytest_warning_recorded.call_historic(
+            kwargs=dict(
+                warning_message=rebuild_warning(message),
+                when=message["when"],
+                nodeid=message["nodeid"],
+                location=None,
+            )
+        )
+
+
+def report_setup_error(item: pytest.Item, message: str) -> None:
+    """Fail ``item`` at setup without running anything of it."""
+    ihook = item.ihook
+    ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    ihook.pytest_runtest_logreport(report=_failed_report(item, "setup", message, [], ContainerResult(messages=[])))
+    ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+
+
+def _run_container(runtime: Runtime, item: pytest.Item, spec: IsolationSpec) -> ContainerResult:
+    try:
+        runtime.check_host(spec)
+        plan = runtime.plan_for(item, spec)
+        result = runtime.launch(item, spec, plan)
+    except ContainerError as error:
+        return ContainerResult(
+            messages=[{"kind": "error", "stage": error.stage, "reason": error.reason, "advice": error.advice}]
+        )
+    item.config.hook.pytest_isolate_usage(item=item, spec=spec, usage=result.usage)
+    return result
+
+
+def _rebuild(item: pytest.Item, spec: IsolationSpec, result: ContainerResult) -> tuple[list[pytest.TestReport], list[dict[str, Any]]]:
+    config = item.config
+    reports = [
+        config.hook.pytest_report_from_serializable(config=config, data=message["report"])
+        for message in result.messages
+        if message["kind"] == "report"
+    ]
+    warnings_seen = [message for message in result.messages if message["kind"] == "warning"]
+    # Always drain: what the test's daemons wrote after its last phase must
+    # not be blamed on the next test.
+    leftover = _leftover_output(item)
+    notes = limit_notes(spec, result)
+    for report in reports:
+        if report.failed and notes and report.when != "teardown":
+            report.sections.append((SECTION, "\n".join(notes)))
+    reports = _complete(item, spec, result, reports, leftover)
+    properties = usage_properties(result)
+    for report in reports:
+        report.user_properties.extend(properties)
+    return reports, warnings_seen
+
+
+def _complete(
+    item: pytest.Item,
+    spec: IsolationSpec,
+    result: ContainerResult,
+    reports: list[pytest.TestReport],
+    leftover: tuple[str, str],
+) -> list[pytest.TestReport]:
+    """Add a failed report for the phase the container died in, and close the rest."""
+    phases = [report.when for report in reports if report.nodeid == item.nodeid]
+    if "teardown" in phases:
+        return reports
+    setup_failed = any(r.when == "setup" and not r.passed for r in reports)
+    dead_in = "setup" if "setup" not in phases else ("teardown" if "call" in phases or setup_failed else "call")
+    out, err = leftover
+    sections = [(f"Captured stdout {dead_in}", out)] if out else []
+    sections += [(f"Captured stderr {dead_in}", err)] if err else []
+    reports.append(_failed_report(item, dead_in, crash_message(spec, result), sections, result))
+    return reports
+
+
+def _failed_report(item: pytest.Item, when: str, message: str, sections: list[tuple[str, str]], result: ContainerResult) -> pytest.TestReport:
+    return pytest.TestReport(
+        nodeid=item.nodeid,
+        location=item.location,
+        keywords=dict.fromkeys(item.keywords, 1),
+        outcome="failed",
+        longrepr=message,
+        when=when,  # type: ignore[arg-type]
+        sections=sections,
+        duration=result.wall_seconds,
+        user_properties=list(item.user_properties),
+    )
+
+
+def _leftover_output(item: pytest.Item) -> tuple[str, str]:
+    """What a crashed test wrote to the captured fds but never reported."""
+    capman = item.config.pluginmanager.getplugin("capturemanager")
+    if capman is None:
+        return "", ""
+    out, err = capman.read_global_capture()
+    return out, err
+
+
+@contextlib.contextmanager
+def _capture(item: pytest.Item, when: str):  # type: ignore[no-untyped-def]
+    capman = item.config.pluginmanager.getplugin("capturemanager")
+    if capman is None:
+        yield
+        return
+    with capman.item_capture(when, item):
+        yield
+
+
+def _parent_sections(item: pytest.Item, when: str) -> list[tuple[str, str]]:
+    return [
+        (f"Captured {key} {when}", content)
+        for section_when, key, content in getattr(item, "_report_sections", [])
+        if section_when == when and content
+    ]
