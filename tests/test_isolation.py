@@ -1,0 +1,231 @@
+"""What a test sees in its container: real overlay, namespaces, loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+
+import pytest
+
+from conftest import CONTAINER
+from helpers import failure_lines, guard_conftest, run
+
+pytestmark = pytest.mark.requires(*CONTAINER)
+
+
+def test_writes_and_deletes_are_discarded(pytester: pytest.Pytester, host_state) -> None:
+    probe = f"/etc/pytest-isolate-probe-{uuid.uuid4().hex}"
+    host_tmp_file = f"/tmp/pytest-isolate-host-file-{uuid.uuid4().hex}"
+    with open(host_tmp_file, "w") as handle:
+        handle.write("from the host")
+    project_file = pytester.path / "data.txt"
+    project_file.write_text("original")
+    pytester.makeconftest(guard_conftest())
+    pytester.makepyfile(
+        f"""
+        import os
+        from conftest import inside_container
+        from pytest_isolate import isolated
+
+        @isolated
+        def test_a_writes_everywhere():
+            inside_container()
+            with open({probe!r}, "w") as f:
+                f.write("x")
+            with open("data.txt", "w") as f:
+                f.write("changed")
+            os.remove("/etc/hostname")
+            with open({host_tmp_file!r}) as f:
+                assert f.read() == "from the host"
+            os.remove({host_tmp_file!r})
+
+        @isolated
+        def test_b_sees_nothing_of_a():
+            assert not os.path.exists({probe!r})
+            assert open("data.txt").read() == "original"
+            assert os.path.exists("/etc/hostname")
+            assert os.path.exists({host_tmp_file!r})
+        """
+    )
+    try:
+        result = run(pytester)
+        result.assert_outcomes(passed=2)
+        assert not os.path.exists(probe)
+        assert project_file.read_text() == "original"
+        assert os.path.exists(host_tmp_file)
+    finally:
+        for path in (probe, host_tmp_file):
+            if os.path.exists(path):
+                os.remove(path)
+
+
+def test_pid_uts_ipc_namespaces(pytester: pytest.Pytester) -> None:
+    host_name = socket.gethostname()
+    pytester.makepyfile(
+        f"""
+        import os, socket
+        from pytest_isolate import isolated
+
+        @isolated
+        def test_sees_only_its_own_processes():
+            pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+            assert pids == [1, 2]
+            assert os.getpid() == 2
+
+        @isolated(hostname="box")
+        def test_hostname_is_private():
+            assert socket.gethostname() == "box"
+            socket.sethostname("changed-inside")
+            assert socket.gethostname() == "changed-inside"
+
+        @isolated
+        def test_default_hostname():
+            assert socket.gethostname() == "isolated" != {host_name!r}
+        """
+    )
+    result = run(pytester)
+    result.assert_outcomes(passed=3)
+    assert socket.gethostname() == host_name
+
+
+def test_loopback_only_network(pytester: pytest.Pytester) -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    pytester.makepyfile(
+        f"""
+        import socket
+        import pytest
+        from pytest_isolate import isolated
+
+        @isolated
+        def test_host_server_unreachable():
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", {port}), timeout=2)
+
+        @isolated
+        def test_own_loopback_works():
+            server = socket.socket()
+            server.bind(("127.0.0.1", 0))
+            server.listen()
+            client = socket.create_connection(server.getsockname(), timeout=2)
+            conn, _ = server.accept()
+            client.sendall(b"ping")
+            assert conn.recv(4) == b"ping"
+
+        @isolated
+        def test_only_loopback_interface():
+            assert [name for _, name in socket.if_nameindex()] == ["lo"]
+
+        @isolated(net=True)
+        def test_host_network_with_net_true():
+            socket.create_connection(("127.0.0.1", {port}), timeout=2).close()
+        """
+    )
+    try:
+        result = run(pytester)
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+    result.assert_outcomes(passed=4)
+    assert len(accepted) == 1  # only the net=True test reached the host
+    for conn in accepted:
+        conn.close()
+
+
+def test_proc_dev_sys_tmp_path(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import os, subprocess
+        from pytest_isolate import isolated
+
+        @isolated
+        def test_dev_is_minimal(tmp_path):
+            assert sorted(os.listdir("/dev")) == sorted(
+                ["null", "zero", "full", "random", "urandom", "tty", "pts", "shm",
+                 "fd", "stdin", "stdout", "stderr", "ptmx"])
+            subprocess.run(["true"], stdout=subprocess.DEVNULL, check=True)
+            with open("/dev/null", "w") as f:
+                f.write("discarded")
+            assert os.path.getsize("/dev/null") == 0
+            (tmp_path / "x").write_text("works")
+            assert (tmp_path / "x").read_text() == "works"
+
+        @isolated
+        def test_sys_is_read_only():
+            try:
+                open("/sys/kernel/mm/transparent_hugepage/enabled", "w")
+            except OSError as error:
+                assert error.errno == 30  # EROFS
+            else:
+                raise AssertionError("/sys is writable")
+        """
+    )
+    run(pytester).assert_outcomes(passed=2)
+
+
+def test_disk_limit_gives_enospc(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import errno
+        from pytest_isolate import isolated
+
+        @isolated(disk="8M")
+        def test_fill():
+            chunk = b"x" * (1 << 20)
+            with open("/var/tmp/fill", "wb") as f:
+                for _ in range(64):  # bounded: 64 MiB at most
+                    try:
+                        f.write(chunk)
+                        f.flush()
+                    except OSError as error:
+                        assert error.errno == errno.ENOSPC
+                        return
+            raise AssertionError("wrote 64 MiB into an 8 MiB layer")
+        """
+    )
+    run(pytester).assert_outcomes(passed=1)
+
+
+def test_unmarked_tests_are_not_isolated(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import os
+        def test_plain():
+            assert os.getpid() != 2
+        """
+    )
+    run(pytester).assert_outcomes(passed=1)
+
+
+def test_isolate_option_isolates_every_test(pytester: pytest.Pytester, host_state) -> None:
+    pytester.makepyfile(
+        """
+        import os
+        def test_one():
+            assert os.getpid() == 2
+        class TestTwo:
+            def test_two(self):
+                assert os.getpid() == 2
+        """
+    )
+    result = run(pytester, "--isolate")
+    result.assert_outcomes(passed=2)
+    assert failure_lines(result) == []
