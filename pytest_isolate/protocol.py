@@ -99,11 +99,7 @@ def _run_container(runtime: Runtime, item: pytest.Item, spec: IsolationSpec) -> 
 
 def _rebuild(item: pytest.Item, spec: IsolationSpec, result: ContainerResult) -> tuple[list[pytest.TestReport], list[dict[str, Any]]]:
     config = item.config
-    reports = [
-        config.hook.pytest_report_from_serializable(config=config, data=message["report"])
-        for message in result.messages
-        if message["kind"] == "report"
-    ]
+    reports = [_from_json(config, message["report"]) for message in result.messages if message["kind"] == "report"]
     warnings_seen = [message for message in result.messages if message["kind"] == "warning"]
     # Always drain: what the test's daemons wrote after its last phase must
     # not be blamed on the next test.
@@ -117,6 +113,16 @@ def _rebuild(item: pytest.Item, spec: IsolationSpec, result: ContainerResult) ->
     for report in reports:
         report.user_properties.extend(properties)
     return reports, warnings_seen
+
+
+def _from_json(config: pytest.Config, data: dict[str, Any]) -> pytest.TestReport:
+    report = config.hook.pytest_report_from_serializable(config=config, data=data)
+    # JSON has no tuples: a skip's (path, line, reason) and the user
+    # properties come back as lists, and pytest's summaries expect tuples.
+    if isinstance(report.longrepr, list):
+        report.longrepr = tuple(report.longrepr)
+    report.user_properties = [tuple(entry) for entry in report.user_properties]
+    return report
 
 
 def _complete(

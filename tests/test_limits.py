@@ -54,7 +54,9 @@ def test_timeout_kills_the_test_and_its_children(pytester: pytest.Pytester, host
 
         @isolated(timeout=1.5)
         def test_hangs():
-            subprocess.Popen(["sleep", "3600", "{marker}"])
+            child = subprocess.Popen(["sh", "-c", "sleep 3600; : {marker}"])
+            time.sleep(0.3)
+            assert child.poll() is None  # running when the timeout strikes
             time.sleep(3600)
         """
     )
@@ -73,13 +75,15 @@ def test_setsid_daemon_dies_with_its_test(pytester: pytest.Pytester, host_state)
     marker = uuid.uuid4().hex
     pytester.makepyfile(
         f"""
-        import subprocess
+        import subprocess, time
         from pytest_isolate import isolated
 
         @isolated
         def test_starts_daemon():
-            subprocess.Popen(["sleep", "3600", "{marker}"], start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            daemon = subprocess.Popen(["sh", "-c", "sleep 3600; : {marker}"], start_new_session=True,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.3)
+            assert daemon.poll() is None
         """
     )
     run(pytester).assert_outcomes(passed=1)

@@ -1,0 +1,234 @@
+"""Reports look the same as without isolation; bad input is named precisely."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from conftest import CONTAINER
+from helpers import failure_lines, run
+
+SUITE = """
+import logging, sys, warnings
+import pytest
+
+def test_passes():
+    print("to stdout")
+
+def test_fails():
+    print("out before failing")
+    sys.stderr.write("err before failing\\n")
+    logging.getLogger("demo").warning("logged before failing")
+    assert [1, 2] == [1, 3]
+
+@pytest.mark.skip(reason="not today")
+def test_skipped():
+    pass
+
+@pytest.mark.xfail(reason="known bug")
+def test_xfails():
+    assert False
+
+def test_warns():
+    warnings.warn(UserWarning("careful"))
+"""
+
+
+def _failure_section(result: pytest.RunResult) -> list[str]:
+    lines = result.outlines
+    start = next(i for i, line in enumerate(lines) if "FAILURES" in line)
+    end = next(i for i, line in enumerate(lines) if "short test summary" in line)
+    return lines[start:end]
+
+
+@pytest.mark.requires(*CONTAINER)
+def test_reports_match_a_plain_run(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    plain = run(pytester, "-p", "no:isolate")
+    isolated = run(pytester, "--isolate")
+    for result in (plain, isolated):
+        result.assert_outcomes(passed=2, failed=1, skipped=1, xfailed=1, warnings=1)
+    assert _failure_section(isolated) == _failure_section(plain)
+    assert failure_lines(isolated) == failure_lines(plain) == [
+        "FAILED test_suite.py::test_fails - assert [1, 2] == [1, 3]"
+    ]
+    section = "\n".join(_failure_section(isolated))
+    for expected in ("Captured stdout call", "out before failing", "Captured stderr call",
+                     "err before failing", "Captured log call", "logged before failing"):
+        assert expected in section
+    isolated.stdout.fnmatch_lines(["*UserWarning: careful*", "SKIPPED [1] test_suite.py:13: not today", "XFAIL test_suite.py::test_xfails - known bug"])
+
+
+@pytest.mark.requires(*CONTAINER)
+def test_xdist_two_workers(pytester: pytest.Pytester, host_state) -> None:
+    pytester.makepyfile(
+        """
+        import os, pytest
+        from pytest_isolate import isolated
+
+        @isolated(mem="64M", cpu=1, pids=32)
+        @pytest.mark.parametrize("n", range(12))
+        def test_many(n):
+            assert os.getpid() == 2
+            with open("/etc/shared-name", "w") as f:
+                f.write(str(n))
+        """
+    )
+    result = run(pytester, "-n", "2")
+    result.assert_outcomes(passed=12)
+
+
+@pytest.mark.requires(*CONTAINER)
+def test_junitxml_and_failure_of_isolated_test(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        from pytest_isolate import isolated
+
+        @isolated(mem="32M")
+        def test_oom():
+            block = bytearray(256 << 20)
+            for offset in range(0, len(block), 4096):
+                block[offset] = 1
+        """
+    )
+    result = run(pytester, "--junitxml=out.xml")
+    result.assert_outcomes(failed=1)
+    xml = (pytester.path / "out.xml").read_text()
+    assert re.search(r"<failure message=\"isolated test was killed for exceeding the memory limit mem='32M' \(peak 3[12]\.\d MiB\)\"", xml)
+    assert 'name="isolate_peak_memory_bytes"' in xml
+
+
+@pytest.mark.parametrize(
+    ("marker", "message"),
+    [
+        ('mem="lots"', "@isolated(mem='lots') is invalid: expected a size: bytes as an int, or a string such as "
+         '"512K", "64M", "1.5G" or "256MiB"'),
+        ("cpu=-1", "@isolated(cpu=-1) is invalid: expected a number of cores from 0.01 up, such as 0.5 or 2"),
+        ("pids=0", "@isolated(pids=0) is invalid: expected a whole number of processes from 1 up, such as 64"),
+        ("timeout=0", "@isolated(timeout=0) is invalid: expected seconds of wall time greater than 0, such as 30 or 2.5"),
+        ('net="wifi"', "@isolated(net='wifi') is invalid: expected True (the host's network) or False "
+         "(only the container's own loopback)"),
+        ('rootfs="alpine"', "@isolated(rootfs='alpine') is invalid: expected \"host\" (an overlay snapshot of the host's own root)"),
+        ("memory=1", "@isolated got an unknown argument memory=1; the accepted arguments are mem, cpu, pids, "
+         "timeout, net, hostname, rootfs, disk"),
+        ('"64M"', "@isolated(positional argument='64M') is invalid: expected keyword arguments only, e.g. @isolated(mem=\"64M\")"),
+    ],
+)
+def test_bad_marker_argument_is_a_collection_error(pytester: pytest.Pytester, marker: str, message: str) -> None:
+    pytester.makepyfile(
+        test_bad=f"""
+        from pytest_isolate import isolated
+
+        @isolated({marker})
+        def test_it():
+            raise SystemExit("the body ran")
+        """
+    )
+    result = run(pytester)
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    assert failure_lines(result) == [f"ERROR test_bad.py - Failed: test_bad.py::test_it: {message}"]
+    assert "INTERNALERROR" not in result.stdout.str()
+    assert "the body ran" not in result.stdout.str()
+
+
+def test_module_marker_and_closest_wins(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_mod="""
+        import pytest
+        from pytest_isolate import isolated
+
+        pytestmark = pytest.mark.isolated(cpu="much")
+
+        @isolated(cpu=0.5)
+        def test_overrides():
+            pass
+
+        def test_inherits():
+            pass
+        """
+    )
+    result = run(pytester)
+    assert failure_lines(result) == [
+        "ERROR test_mod.py - Failed: test_mod.py::test_inherits: @isolated(cpu='much') is invalid: "
+        "expected a number of cores from 0.01 up, such as 0.5 or 2"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "ini", "message"),
+    [
+        (["--isolate-mem=lots"], "", "ERROR: --isolate-mem=lots is invalid: expected a size: bytes as an int, "
+         'or a string such as "512K", "64M", "1.5G" or "256MiB"'),
+        ([], "isolate_pids = zero", "ERROR: ini option isolate_pids = zero is invalid: expected a whole number "
+         "of processes from 1 up, such as 64"),
+        (["--isolate-timeout=-3"], "isolate_timeout = 10", "ERROR: --isolate-timeout=-3 is invalid: expected "
+         "seconds of wall time greater than 0, such as 30 or 2.5"),
+    ],
+)
+def test_bad_option_is_a_usage_error(pytester: pytest.Pytester, args: list[str], ini: str, message: str) -> None:
+    pytester.makeini(f"[pytest]\n{ini}\n")
+    pytester.makepyfile("def test_x(): pass")
+    result = run(pytester, *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert message in result.stderr.lines
+
+
+def test_marker_is_registered_with_its_signature(pytester: pytest.Pytester) -> None:
+    result = run(pytester, "--markers")
+    result.stdout.fnmatch_lines(
+        ['@pytest.mark.isolated(mem=None, cpu=None, pids=None, timeout=None, net=False, hostname="isolated", '
+         'rootfs="host", disk="1G"): run the test in its own throw-away Linux container*']
+    )
+
+
+@pytest.mark.requires(*CONTAINER)
+def test_precedence_ini_cli_marker(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nisolate_hostname = from-ini\nisolate_disk = 16M\n")
+    pytester.makepyfile(
+        """
+        import os, socket
+        from pytest_isolate import isolated
+
+        @isolated
+        def test_cli_beats_ini():
+            assert socket.gethostname() == "from-cli"
+            assert os.statvfs("/dev/shm").f_blocks * os.statvfs("/dev/shm").f_frsize == 16 << 20
+
+        @isolated(hostname="from-marker")
+        def test_marker_beats_cli():
+            assert socket.gethostname() == "from-marker"
+        """
+    )
+    run(pytester, "--isolate-hostname=from-cli").assert_outcomes(passed=2)
+
+
+def test_host_without_root_fails_each_test_with_advice(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("pytest_isolate")
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("checked as root: the run below drops to an unprivileged uid")
+    pytester.makepyfile(
+        """
+        from pytest_isolate import isolated
+
+        @isolated
+        def test_needs_root():
+            raise AssertionError("ran without isolation")
+        """
+    )
+    # Drop root in the child pytest only (setpriv is part of util-linux); it
+    # keeps the right to read files, so it can still run this venv's Python.
+    result = pytester.run(
+        "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+        "--inh-caps=+dac_override,+dac_read_search", "--ambient-caps=+dac_override,+dac_read_search",
+        __import__("sys").executable, "-m", "pytest", "-p", "no:cacheprovider", "-ra",
+        "-o", "cache_dir=/tmp", "--basetemp=/tmp/pytest-isolate-nobody",
+    )
+    assert failure_lines(result) == [
+        "ERROR test_host_without_root_fails_each_test_with_advice.py::test_needs_root - pytest-isolate could "
+        "not create the container: pytest runs as uid 65534, and mounting an overlay and creating namespaces "
+        "and cgroups needs root"
+    ]
+    result.stdout.fnmatch_lines(["run pytest as root (for example: sudo -E pytest ...)"])
