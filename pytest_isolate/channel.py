@@ -27,9 +27,15 @@ class ChannelReader:
     """Collects complete lines as they arrive; ``feed`` returns the new messages."""
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._partial: list[bytes] = []  # pieces of a line still being received
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
-        self._buffer += data
-        *lines, self._buffer = self._buffer.split(b"\n")
+        # A report with megabytes of captured output arrives in many reads:
+        # keep the pieces and join once, not once per read.
+        if b"\n" not in data:
+            self._partial.append(data)
+            return []
+        head, *lines, tail = data.split(b"\n")
+        lines.insert(0, b"".join(self._partial) + head)
+        self._partial = [tail] if tail else []
         return [json.loads(line) for line in lines if line]

@@ -8,6 +8,7 @@ dead run's leftovers - is done here once.
 
 from __future__ import annotations
 
+import gc
 import os
 import select
 import signal
@@ -16,12 +17,13 @@ import warnings
 from typing import TYPE_CHECKING
 
 from pytest_isolate.channel import ChannelReader, ChannelWriter
-from pytest_isolate.container import rootfs
+from pytest_isolate.container import libc, rootfs
 from pytest_isolate.container.cgroups import CgroupBackend, TestCgroup, detect_backend
-from pytest_isolate.container.launcher import run_launcher
+from pytest_isolate.container.launcher import run_test_process, spawn_init
 from pytest_isolate.container.mountinfo import read_mounts
 from pytest_isolate.container.mountplan import MountOp, MountPlan, device_ops, host_mount_ops
 from pytest_isolate.errors import ContainerError
+from pytest_isolate.forwarding import ReportRouting
 from pytest_isolate.outcome import ContainerResult
 
 if TYPE_CHECKING:
@@ -40,12 +42,16 @@ class Runtime:
         self.host_ops: list[MountOp] = host_mount_ops(read_mounts())
         self.test_oom_score = _read_text("/proc/self/oom_score_adj", "0").strip()
         self.cleaned: list[str] = []
+        self.routing = ReportRouting(config)
+        # The PID namespace children go back to after each container.
+        self.own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         if os.geteuid() == 0:
             rootfs.ensure_stage_dir()
         if self.cgroups is not None:
             self.cleaned = self.cgroups.remove_stale_groups()
 
     def close(self) -> None:
+        os.close(self.own_pid_namespace)
         if self.cgroups is not None:
             self.cgroups.remove_session_group()
 
@@ -76,97 +82,165 @@ class Runtime:
         """Run the item in a fresh container; all of it is gone when this returns."""
         cgroup = self.cgroups.create(spec) if self.cgroups is not None else None
         result = ContainerResult(messages=[])
-        launcher_pid = None
-        drained = False
-        read_fd, write_fd = os.pipe()
+        processes = _Processes()
+        report_read, report_write = os.pipe()
+        init_read, processes.init_write = os.pipe()
         started = time.monotonic()
         try:
+            self._start(item, spec, plan, cgroup, processes, report_write, init_read)
+            os.close(report_write)
+            report_write = -1
+            self._watch(result, processes, report_read, spec.timeout, cgroup, started)
+        finally:
+            for fd in (report_write, init_read):
+                if fd >= 0:
+                    os.close(fd)
+            # Closing init's pipe ends init, and with it the PID namespace.
+            processes.stop()
+            os.close(report_read)
+            result.wall_seconds = time.monotonic() - started
+            if cgroup is not None:
+                cgroup.kill_all()
+                result.usage = cgroup.usage()
+                cgroup.remove()
+        return result
+
+    def _start(
+        self,
+        item: pytest.Item,
+        spec: IsolationSpec,
+        plan: MountPlan,
+        cgroup: TestCgroup | None,
+        processes: _Processes,
+        report_write: int,
+        init_read: int,
+    ) -> None:
+        """Create init and the test process in a new PID namespace."""
+        libc.unshare(libc.CLONE_NEWPID)
+        test_pid = -1
+        try:
+            processes.init_pid = spawn_init(init_read)
             with warnings.catch_warnings():
                 # Python 3.12 warns about fork() in a process with threads
                 # (pytest-xdist's execnet has one); the child touches none
                 # of their locks, and filterwarnings=error must not turn the
                 # warning into an exception *after* the child exists.
                 warnings.simplefilter("ignore", DeprecationWarning)
-                launcher_pid = os.fork()
-            if launcher_pid == 0:
-                os.close(read_fd)
-                run_launcher(
+                # Frozen objects are skipped by the child's garbage
+                # collector, which would otherwise write to (and so copy)
+                # every page holding pytest's objects.  O(1) both ways.
+                gc.freeze()
+                try:
+                    test_pid = os.fork()
+                finally:
+                    if test_pid != 0:
+                        gc.unfreeze()
+            if test_pid == 0:
+                run_test_process(
                     item=item,
                     spec=spec,
                     plan=plan,
                     cgroup=cgroup,
-                    channel=ChannelWriter(write_fd),
+                    channel=ChannelWriter(report_write),
                     pytest_pid=os.getppid(),
+                    init_pipe_write_fd=processes.init_write,
                     test_oom_score=self.test_oom_score,
+                    routing=self.routing,
                 )
-            os.close(write_fd)
-            write_fd = -1
-            self._collect(result, read_fd, launcher_pid, spec.timeout, cgroup, started)
-            drained = True
+            processes.test_pid = test_pid
         finally:
-            if write_fd >= 0:
-                os.close(write_fd)
-            os.close(read_fd)
-            if launcher_pid:
-                _reap(launcher_pid, kill_first=not drained)
-            result.wall_seconds = time.monotonic() - started
-            if cgroup is not None:
-                cgroup.kill_all()
-                result.usage = cgroup.usage()
-                cgroup.remove()
-        for message in result.messages:
-            if message["kind"] == "exit":
-                result.status = message["status"]
-        return result
+            # Later children of this thread (subprocesses a fixture starts)
+            # must stay in pytest's own PID namespace.
+            libc.setns(self.own_pid_namespace, libc.CLONE_NEWPID)
 
     @staticmethod
-    def _collect(
+    def _watch(
         result: ContainerResult,
-        fd: int,
-        launcher_pid: int,
+        processes: _Processes,
+        report_fd: int,
         timeout: float | None,
         cgroup: TestCgroup | None,
         started: float,
     ) -> None:
-        """Read messages until every process holding the pipe is gone."""
+        """Read reports until the test process exits, then until the pipe closes."""
         reader = ChannelReader()
+        test_exited = processes.pidfd()
         poller = select.poll()
-        poller.register(fd, select.POLLIN)
+        poller.register(report_fd, select.POLLIN)
+        poller.register(test_exited, select.POLLIN)
         deadline = None if timeout is None else started + timeout
-        while True:
-            wait_ms = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
-            if not poller.poll(wait_ms):
-                if result.timed_out:
-                    raise ContainerError(
-                        "stop the container",
-                        f"its processes still held the report pipe {KILL_GRACE_SECONDS:g}s after SIGKILL",
-                    )
-                result.timed_out = True
-                _kill(launcher_pid)
-                if cgroup is not None:
-                    cgroup.kill_all()
-                deadline = time.monotonic() + KILL_GRACE_SECONDS
-                continue
-            data = os.read(fd, 1 << 16)
-            if not data:
-                return
-            result.messages.extend(reader.feed(data))
+        pipe_open = test_running = True
+        try:
+            while pipe_open or test_running:
+                wait_ms = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+                events = dict(poller.poll(wait_ms))
+                if not events:
+                    if result.timed_out:
+                        raise ContainerError(
+                            "stop the container",
+                            f"its processes were still alive {KILL_GRACE_SECONDS:g}s after SIGKILL",
+                        )
+                    result.timed_out = True
+                    _kill(processes.test_pid)
+                    if cgroup is not None:
+                        cgroup.kill_all()
+                    deadline = time.monotonic() + KILL_GRACE_SECONDS
+                    continue
+                if report_fd in events:
+                    data = os.read(report_fd, 1 << 16)
+                    result.messages.extend(reader.feed(data))
+                    if not data:
+                        pipe_open = False
+                        poller.unregister(report_fd)
+                if test_exited in events:
+                    test_running = False
+                    poller.unregister(test_exited)
+                    result.status = processes.reap_test()
+                    # The test's daemons may still hold the report pipe:
+                    # ending init kills them, and the pipe closes.
+                    processes.end_namespace()
+        finally:
+            os.close(test_exited)
+
+
+class _Processes:
+    """init and the test process of one container, and their clean end."""
+
+    def __init__(self) -> None:
+        self.init_pid = 0
+        self.test_pid = 0
+        self.init_write = -1
+        self._test_reaped = False
+
+    def pidfd(self) -> int:
+        return os.pidfd_open(self.test_pid)
+
+    def reap_test(self) -> int:
+        _, status = os.waitpid(self.test_pid, 0)
+        self._test_reaped = True
+        return status
+
+    def end_namespace(self) -> None:
+        if self.init_write >= 0:
+            os.close(self.init_write)
+            self.init_write = -1
+
+    def stop(self) -> None:
+        """Whatever happened (Ctrl-C included): kill, close and reap everything."""
+        if self.test_pid and not self._test_reaped:
+            _kill(self.test_pid)
+            os.waitpid(self.test_pid, 0)
+            self._test_reaped = True
+        self.end_namespace()
+        if self.init_pid:
+            os.waitpid(self.init_pid, 0)
+            self.init_pid = 0
 
 
 def _kill(pid: int) -> None:
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
-        pass
-
-
-def _reap(pid: int, *, kill_first: bool) -> None:
-    """Wait for the launcher; on an interrupted run (Ctrl-C) kill it first."""
-    if kill_first:
-        _kill(pid)
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
         pass
 
 

@@ -30,9 +30,6 @@ from pytest_isolate.spec import IsolationSpec
 GROUP_PREFIX = "pytest-isolate-"
 _GROUP_RE = re.compile(r"^pytest-isolate-(\d+)-(\d+)$")
 CFS_PERIOD_US = 100_000
-# The container's own init and its launcher are two processes the test did
-# not start; the pids limit the user gives counts only the test's own.
-SUPERVISOR_PROCESSES = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,7 +287,7 @@ class CgroupV1:
             _write(os.path.join(cpu, "cpu.cfs_period_us"), str(CFS_PERIOD_US))
             _write(os.path.join(cpu, "cpu.cfs_quota_us"), str(round(spec.cpu * CFS_PERIOD_US)))
         if spec.pids is not None:
-            _write(os.path.join(cgroup.dirs["pids"], "pids.max"), str(spec.pids + SUPERVISOR_PROCESSES))
+            _write(os.path.join(cgroup.dirs["pids"], "pids.max"), str(spec.pids))
 
     def remove_session_group(self) -> None:
         for group_dir in self._created_groups:
@@ -435,7 +432,7 @@ class CgroupV2:
             if spec.cpu is not None:
                 _write(os.path.join(directory, "cpu.max"), f"{round(spec.cpu * CFS_PERIOD_US)} {CFS_PERIOD_US}")
             if spec.pids is not None:
-                _write(os.path.join(directory, "pids.max"), str(spec.pids + SUPERVISOR_PROCESSES))
+                _write(os.path.join(directory, "pids.max"), str(spec.pids))
         except OSError as error:
             if directory and os.path.isdir(directory):
                 remove_tree(directory)

@@ -1,21 +1,25 @@
-"""The three processes of one container, all forked from pytest.
+"""The processes of one container.
 
-    pytest ── launcher ── init (PID 1) ── test (PID 2) ── whatever the test starts
+    pytest ─┬─ init (PID 1): /bin/sh, spawned, not forked
+            └─ test (PID 2): a fork of pytest that builds the container,
+                             then runs the test ── whatever the test starts
 
-* **launcher**: joins the test's cgroup, unshares the namespaces, builds the
-  root filesystem, sets the hostname and brings up loopback.  A new PID
-  namespace applies only to children, so it then forks:
-* **init**: PID 1 of the new PID namespace.  Mounts ``/proc`` (which must
-  be done from inside the namespace), forks the test, reaps every orphan,
-  and reports the test's exit status.  When init exits, the kernel kills
-  every process left in the namespace - daemons that called ``setsid()``
-  included.  The test is *not* PID 1, because PID 1 ignores signals it has
-  no handler for, even ``raise(SIGSEGV)``.
-* **test**: runs pytest's own runtest protocol for the item and sends each
-  report to the parent as JSON.
+Fork cost grows with the size of the pytest process, so the test is the
+only fork.  The PID namespace is entered by pytest itself, just around the
+two process creations: ``unshare(CLONE_NEWPID)`` makes the next children of
+the calling thread members of a new namespace, and ``setns`` back to its
+own namespace undoes that at once (see ``runtime.Runtime.launch``).
 
-Parent-death signals chain the three to pytest: if pytest is SIGKILLed,
-the launcher dies, then init, and the kernel empties the namespace.
+* **init** is a shell that ignores SIGCHLD, so the kernel reaps every orphan
+  reparented to it, and waits for end-of-file on a pipe only pytest holds.
+  When pytest closes it (the test ended) or dies (even by SIGKILL), init
+  exits, and the kernel kills every process left in the namespace -
+  daemons that called ``setsid()`` included.  Init is PID 1 so the test is
+  not: PID 1 ignores signals it has no handler for, even ``raise(SIGSEGV)``.
+* **test** joins its cgroup, unshares the other namespaces, builds the root
+  filesystem, mounts ``/proc`` of its PID namespace, sets the hostname,
+  brings up loopback, then runs pytest's own runtest protocol and sends each
+  report to pytest as JSON.  Its wait status is the test's.
 """
 
 from __future__ import annotations
@@ -37,28 +41,34 @@ if TYPE_CHECKING:
     from pytest_isolate.channel import ChannelWriter
     from pytest_isolate.container.cgroups import TestCgroup
     from pytest_isolate.container.mountplan import MountPlan
+    from pytest_isolate.forwarding import ReportRouting
     from pytest_isolate.spec import IsolationSpec
 
-# The launcher and init must survive the test's OOM: the OOM killer should
-# pick the test, and init must live to report what happened.  Lowering a
-# score needs CAP_SYS_RESOURCE (CI sandboxes often drop it); raising the
-# test's is always allowed, so the test process and its children are made
-# the preferred victims instead.
+INIT_NAME = "pytest-isolate-init"
+# `trap '' CHLD` sets SIGCHLD to SIG_IGN: the kernel then reaps exited
+# children itself.  `read` returns at end-of-file, when pytest lets go.
+INIT_SCRIPT = "trap '' CHLD; read _"
+
+# The OOM killer should pick the test's processes, not init: raising a score
+# is always allowed (lowering one needs CAP_SYS_RESOURCE).
 TEST_OOM_SCORE = 500
 
 
-def _raise_oom_score(inherited: str) -> None:
-    with open("/proc/self/oom_score_adj", "w", encoding="ascii") as handle:
-        handle.write(str(max(TEST_OOM_SCORE, int(inherited or 0))))
+def spawn_init(pipe_read_fd: int) -> int:
+    """Start init with ``pipe_read_fd`` as its stdin; a vfork+exec, not a fork."""
+    return os.posix_spawn(
+        "/bin/sh",
+        [INIT_NAME, "-c", INIT_SCRIPT],
+        {},
+        file_actions=[
+            (os.POSIX_SPAWN_DUP2, pipe_read_fd, 0),
+            (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
+            (os.POSIX_SPAWN_DUP2, 1, 2),
+        ],
+    )
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    libc.set_parent_death_signal(signal.SIGKILL)
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
-
-
-def run_launcher(
+def run_test_process(
     *,
     item: pytest.Item,
     spec: IsolationSpec,
@@ -66,17 +76,25 @@ def run_launcher(
     cgroup: TestCgroup | None,
     channel: ChannelWriter,
     pytest_pid: int,
+    init_pipe_write_fd: int,
     test_oom_score: str,
+    routing: ReportRouting,
 ) -> NoReturn:
-    """Body of the first child.  Never returns."""
-    code = 1
+    """Body of the forked test process.  Never returns."""
+    stage = "start the container"
     try:
-        _die_with_parent(pytest_pid)
+        # Only pytest may hold init's pipe, or init would outlive pytest.
+        os.close(init_pipe_write_fd)
+        # prctl(2): fires when the *thread* that forked us exits; pytest
+        # forks from the thread that runs tests, which outlives the test.
+        libc.set_parent_death_signal(signal.SIGKILL)
+        if os.getppid() != pytest_pid:  # pytest died before prctl took effect
+            os._exit(1)
         stage = "join the test's cgroup"
         if cgroup is not None:
             cgroup.attach()
         stage = "create the container's namespaces"
-        flags = libc.CLONE_NEWNS | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC | libc.CLONE_NEWPID
+        flags = libc.CLONE_NEWNS | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC
         if cgroup is not None:
             flags |= libc.CLONE_NEWCGROUP
         if not spec.net:
@@ -85,61 +103,41 @@ def run_launcher(
         libc.unshare(flags)
         stage = "build the container's filesystem"
         rootfs.build_root(plan, rootfs.STAGE_DIR, spec.disk)
+        rootfs.mount_proc()
+        os.chdir(cwd)
         stage = "set up the container's hostname and network"
         socket.sethostname(spec.hostname)
         if not spec.net:
             bring_up_loopback()
-        init_pid = os.fork()
-        if init_pid == 0:
-            _run_init(item, channel, cwd, test_oom_score)
-        os.waitpid(init_pid, 0)
-        code = 0
+        _raise_oom_score(test_oom_score)
     except ContainerError as error:
         channel.send("error", stage=error.stage, reason=error.reason, advice=error.advice)
+        os._exit(1)
     except OSError as error:
-        channel.send("error", stage=stage, reason=f"{error.strerror or error} ({error.filename or ''})".replace(" ()", ""), advice=_advice(error))
+        reason = f"{error.strerror or error}" + (f" ({error.filename})" if error.filename else "")
+        channel.send("error", stage=stage, reason=reason, advice=_advice(error))
+        os._exit(1)
     except BaseException:
         channel.send("error", stage=stage, reason=traceback.format_exc(), advice="")
-    finally:
-        os._exit(code)
+        os._exit(1)
+    _run_test(item, channel, routing)
+
+
+def _raise_oom_score(inherited: str) -> None:
+    with open("/proc/self/oom_score_adj", "w", encoding="ascii") as handle:
+        handle.write(str(max(TEST_OOM_SCORE, int(inherited or 0))))
 
 
 def _advice(error: OSError) -> str:
     if error.errno in (1, 13):  # EPERM, EACCES
-        return "creating namespaces and cgroups needs root: run pytest as root"
+        return "creating namespaces, mounts and cgroups needs root: run pytest as root"
     return ""
 
 
-def _run_init(item: pytest.Item, channel: ChannelWriter, cwd: str, test_oom_score: str) -> NoReturn:
-    try:
-        # The launcher is outside our PID namespace: getppid() shows it as 0.
-        _die_with_parent(0)
-        rootfs.mount_proc()
-        os.chdir(cwd)
-        test_pid = os.fork()
-        if test_pid == 0:
-            _run_test(item, channel, test_oom_score)
-        while True:  # reap orphans until the test itself exits
-            pid, status = os.waitpid(-1, 0)
-            if pid == test_pid:
-                break
-        channel.send("exit", status=status)
-    except ContainerError as error:
-        channel.send("error", stage=error.stage, reason=error.reason, advice=error.advice)
-    except BaseException:
-        channel.send("error", stage="run the container's init", reason=traceback.format_exc(), advice="")
-    finally:
-        # Exiting as PID 1 makes the kernel SIGKILL the rest of the namespace.
-        os._exit(0)
-
-
-def _run_test(item: pytest.Item, channel: ChannelWriter, test_oom_score: str) -> NoReturn:
-    from pytest_isolate import forwarding
-
+def _run_test(item: pytest.Item, channel: ChannelWriter, routing: ReportRouting) -> NoReturn:
     code = 0
     try:
-        _raise_oom_score(test_oom_score)
-        forwarding.route_reports_to(channel, item.config)
+        routing.apply(channel)
         item.ihook.pytest_runtest_protocol(item=item, nextitem=item.parent)
     except BaseException:
         channel.send("error", stage="run the test", reason=traceback.format_exc(), advice="")

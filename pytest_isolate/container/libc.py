@@ -44,6 +44,7 @@ _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "s390x": 217}.g
 
 for _name, _argtypes in {
     "unshare": [ctypes.c_int],
+    "setns": [ctypes.c_int, ctypes.c_int],
     "mount": [ctypes.c_char_p] * 4,
     "umount2": [ctypes.c_char_p, ctypes.c_int],
     "prctl": [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong],
@@ -64,6 +65,10 @@ def _bytes(value: str | None) -> bytes | None:
 
 def unshare(flags: int) -> None:
     _check(_libc.unshare(flags), "unshare")
+
+
+def setns(fd: int, nstype: int) -> None:
+    _check(_libc.setns(fd, nstype), "setns")
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
