@@ -11,7 +11,6 @@ from __future__ import annotations
 import gc
 import os
 import select
-import signal
 import time
 import warnings
 from typing import TYPE_CHECKING
@@ -20,6 +19,7 @@ from pytest_isolate.channel import ChannelReader, ChannelWriter
 from pytest_isolate.container import libc, rootfs
 from pytest_isolate.container.cgroups import CgroupBackend, TestCgroup, detect_backend
 from pytest_isolate.container.launcher import run_test_process, spawn_init
+from pytest_isolate.container.lifecycle import ContainerProcesses, Graveyard, kill
 from pytest_isolate.container.mountinfo import read_mounts
 from pytest_isolate.container.mountplan import MountOp, MountPlan, device_ops, host_mount_ops
 from pytest_isolate.errors import ContainerError
@@ -43,6 +43,7 @@ class Runtime:
         self.test_oom_score = _read_text("/proc/self/oom_score_adj", "0").strip()
         self.cleaned: list[str] = []
         self.routing = ReportRouting(config)
+        self.graveyard = Graveyard()
         # The PID namespace children go back to after each container.
         self.own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         if os.geteuid() == 0:
@@ -51,6 +52,7 @@ class Runtime:
             self.cleaned = self.cgroups.remove_stale_groups()
 
     def close(self) -> None:
+        self.graveyard.sweep(block=True)
         os.close(self.own_pid_namespace)
         if self.cgroups is not None:
             self.cgroups.remove_session_group()
@@ -79,30 +81,40 @@ class Runtime:
             )
 
     def launch(self, item: pytest.Item, spec: IsolationSpec, plan: MountPlan) -> ContainerResult:
-        """Run the item in a fresh container; all of it is gone when this returns."""
+        """Run the item in a fresh container and return what happened.
+
+        When this returns, the container's processes are dead or dying (a
+        SIGKILL of its whole PID namespace is under way); ``close`` waits
+        for the last of them.
+        """
+        self.graveyard.sweep(block=False)
         cgroup = self.cgroups.create(spec) if self.cgroups is not None else None
         result = ContainerResult(messages=[])
-        processes = _Processes()
+        processes = ContainerProcesses()
         report_read, report_write = os.pipe()
         init_read, processes.init_write = os.pipe()
         started = time.monotonic()
+        finished_cleanly = False
         try:
             self._start(item, spec, plan, cgroup, processes, report_write, init_read)
             os.close(report_write)
             report_write = -1
-            self._watch(result, processes, report_read, spec.timeout, cgroup, started)
+            finished_cleanly = self._watch(result, processes, report_read, spec.timeout, cgroup, started)
         finally:
-            for fd in (report_write, init_read):
+            for fd in (report_write, init_read, report_read):
                 if fd >= 0:
                     os.close(fd)
-            # Closing init's pipe ends init, and with it the PID namespace.
-            processes.stop()
-            os.close(report_read)
             result.wall_seconds = time.monotonic() - started
-            if cgroup is not None:
-                cgroup.kill_all()
-                result.usage = cgroup.usage()
-                cgroup.remove()
+            if finished_cleanly:
+                result.usage = cgroup.usage() if cgroup is not None else None
+                self.graveyard.retire(processes, cgroup)
+            else:
+                processes.stop()
+                if cgroup is not None:
+                    cgroup.kill_all()
+                    result.usage = cgroup.usage()
+                    cgroup.remove()
+        result.status = processes.test_status if processes.test_status is not None else result.status
         return result
 
     def _start(
@@ -111,7 +123,7 @@ class Runtime:
         spec: IsolationSpec,
         plan: MountPlan,
         cgroup: TestCgroup | None,
-        processes: _Processes,
+        processes: ContainerProcesses,
         report_write: int,
         init_read: int,
     ) -> None:
@@ -128,7 +140,7 @@ class Runtime:
                 warnings.simplefilter("ignore", DeprecationWarning)
                 # Frozen objects are skipped by the child's garbage
                 # collector, which would otherwise write to (and so copy)
-                # every page holding pytest's objects.  O(1) both ways.
+                # every page of pytest's objects it visits.  O(1) both ways.
                 gc.freeze()
                 try:
                     test_pid = os.fork()
@@ -156,15 +168,15 @@ class Runtime:
     @staticmethod
     def _watch(
         result: ContainerResult,
-        processes: _Processes,
+        processes: ContainerProcesses,
         report_fd: int,
         timeout: float | None,
         cgroup: TestCgroup | None,
         started: float,
-    ) -> None:
-        """Read reports until the test process exits, then until the pipe closes."""
+    ) -> bool:
+        """Read messages until the test says "done" (True) or its processes are gone (False)."""
         reader = ChannelReader()
-        test_exited = processes.pidfd()
+        test_exited = os.pidfd_open(processes.test_pid)
         poller = select.poll()
         poller.register(report_fd, select.POLLIN)
         poller.register(test_exited, select.POLLIN)
@@ -181,67 +193,30 @@ class Runtime:
                             f"its processes were still alive {KILL_GRACE_SECONDS:g}s after SIGKILL",
                         )
                     result.timed_out = True
-                    _kill(processes.test_pid)
+                    kill(processes.test_pid)
                     if cgroup is not None:
                         cgroup.kill_all()
                     deadline = time.monotonic() + KILL_GRACE_SECONDS
                     continue
                 if report_fd in events:
                     data = os.read(report_fd, 1 << 16)
-                    result.messages.extend(reader.feed(data))
+                    for message in reader.feed(data):
+                        if message["kind"] == "done" and not result.timed_out:
+                            return True
+                        result.messages.append(message)
                     if not data:
                         pipe_open = False
                         poller.unregister(report_fd)
                 if test_exited in events:
                     test_running = False
                     poller.unregister(test_exited)
-                    result.status = processes.reap_test()
+                    processes.reap_test()
                     # The test's daemons may still hold the report pipe:
                     # ending init kills them, and the pipe closes.
                     processes.end_namespace()
+            return False
         finally:
             os.close(test_exited)
-
-
-class _Processes:
-    """init and the test process of one container, and their clean end."""
-
-    def __init__(self) -> None:
-        self.init_pid = 0
-        self.test_pid = 0
-        self.init_write = -1
-        self._test_reaped = False
-
-    def pidfd(self) -> int:
-        return os.pidfd_open(self.test_pid)
-
-    def reap_test(self) -> int:
-        _, status = os.waitpid(self.test_pid, 0)
-        self._test_reaped = True
-        return status
-
-    def end_namespace(self) -> None:
-        if self.init_write >= 0:
-            os.close(self.init_write)
-            self.init_write = -1
-
-    def stop(self) -> None:
-        """Whatever happened (Ctrl-C included): kill, close and reap everything."""
-        if self.test_pid and not self._test_reaped:
-            _kill(self.test_pid)
-            os.waitpid(self.test_pid, 0)
-            self._test_reaped = True
-        self.end_namespace()
-        if self.init_pid:
-            os.waitpid(self.init_pid, 0)
-            self.init_pid = 0
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _read_text(path: str, default: str) -> str:

@@ -68,3 +68,48 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 def failure_lines(result: pytest.RunResult) -> list[str]:
     """The '-ra' short summary lines."""
     return [line for line in result.outlines if re.match(r"^(FAILED|ERROR) ", line)]
+
+
+class CgroupSandbox:
+    """A cgroup of its own for a pytest run started by a test.
+
+    The plugin looks for a dead run's leftovers next to its own cgroup; a
+    test that kills pytest and checks the next run's cleanup note must not
+    have other runs (xdist workers of this suite) clean them first.  On
+    cgroup v1 the run gets a child cgroup in each hierarchy; on v2 a leaf
+    below a cgroup of ours, which then holds the session groups.
+    """
+
+    def __init__(self) -> None:
+        import uuid
+
+        from pytest_isolate.container.cgroups import CgroupV1, CgroupV2
+
+        self.name = f"isolate-testcase-{uuid.uuid4().hex[:12]}"
+        v1 = CgroupV1.detect()
+        self.dirs: list[str] = []
+        self.join: list[str] = []
+        if v1 is not None:
+            for parent in dict.fromkeys(v1.parents.values()):
+                self.dirs.append(os.path.join(parent, self.name))
+            self.join = list(self.dirs)
+        else:
+            v2 = CgroupV2.detect()
+            assert v2 is not None
+            top = os.path.join(os.path.dirname(v2.own_dir.rstrip("/")), self.name)
+            self.dirs = [top, os.path.join(top, "leaf")]
+            self.join = [self.dirs[1]]
+        for directory in self.dirs:
+            os.mkdir(directory)
+
+    def enter(self) -> None:
+        """preexec_fn: move the new process in before it runs pytest."""
+        for directory in self.join:
+            with open(os.path.join(directory, "cgroup.procs"), "w") as handle:
+                handle.write(str(os.getpid()))
+
+    def remove(self) -> None:
+        from pytest_isolate.container.cgroups import remove_tree
+
+        for directory in self.dirs[:1] if len(self.dirs) == 2 and self.dirs[1].startswith(self.dirs[0]) else self.dirs:
+            remove_tree(directory)

@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from conftest import CONTAINER
-from helpers import run, snapshot_host
+from helpers import CgroupSandbox, run, snapshot_host
 from test_limits import _processes_with
 
 pytestmark = pytest.mark.requires(*CONTAINER)
@@ -41,11 +41,17 @@ def test_sigkill_of_pytest_kills_the_test_and_next_run_cleans(pytester: pytest.P
         """
     )
     before = snapshot_host()
+    sandbox = CgroupSandbox()
+    try:
+        _kill_pytest_mid_test_then_rerun(pytester, sandbox, marker, before)
+    finally:
+        sandbox.remove()
+
+
+def _kill_pytest_mid_test_then_rerun(pytester: pytest.Pytester, sandbox: CgroupSandbox, marker: str, before) -> None:
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
     pytest_process = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"],
-        cwd=pytester.path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        command, cwd=pytester.path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=sandbox.enter
     )
     try:
         assert _wait_for(lambda: _processes_with(marker), 30), "the test never started"
@@ -65,9 +71,11 @@ def test_sigkill_of_pytest_kills_the_test_and_next_run_cleans(pytester: pytest.P
             pass
         """
     )
-    result = run(pytester)
-    result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines([f"pytest-isolate: removed {len(leftovers)} cgroup(s) left by dead runs"])
+    rerun = subprocess.run(
+        [*command, "--isolate"], cwd=pytester.path, capture_output=True, text=True, preexec_fn=sandbox.enter
+    )
+    assert rerun.returncode == 0, rerun.stdout
+    assert f"pytest-isolate: removed {len(leftovers)} cgroup(s) left by dead runs" in rerun.stdout.splitlines()
     assert set(snapshot_host().cgroups) - set(before.cgroups) == set()
     assert snapshot_host().mounts == before.mounts
 

@@ -51,7 +51,11 @@ class TestCgroup(Protocol):
 
     def kill_all(self) -> None: ...
 
-    def remove(self) -> None: ...
+    def remove(self) -> None:
+        """Kill what is left, then rmdir (waits for EBUSY to pass)."""
+
+    def remove_if_empty(self) -> None:
+        """rmdir, raising OSError(EBUSY) at once while processes remain."""
 
 
 class CgroupBackend(Protocol):
@@ -157,6 +161,13 @@ def remove_tree(directory: str) -> None:
                 time.sleep(0.01)
 
 
+def _rmdir(directory: str) -> None:
+    try:
+        os.rmdir(directory)
+    except FileNotFoundError:
+        pass
+
+
 def _own_cgroup_paths() -> dict[str, str]:
     """Controller (or "" for v2) -> our cgroup path, from /proc/self/cgroup."""
     paths = {}
@@ -210,6 +221,10 @@ class _V1TestCgroup:
     def remove(self) -> None:
         for directory in dict.fromkeys(self.dirs.values()):
             remove_tree(directory)
+
+    def remove_if_empty(self) -> None:
+        for directory in list(dict.fromkeys(self.dirs.values())):
+            _rmdir(directory)
 
 
 class CgroupV1:
@@ -348,6 +363,9 @@ class _V2TestCgroup:
 
     def remove(self) -> None:
         remove_tree(self.directory)
+
+    def remove_if_empty(self) -> None:
+        _rmdir(self.directory)
 
 
 class CgroupV2:

@@ -139,13 +139,20 @@ def _run_test(item: pytest.Item, channel: ChannelWriter, routing: ReportRouting)
     try:
         routing.apply(channel)
         item.ihook.pytest_runtest_protocol(item=item, nextitem=item.parent)
+        _flush_std_streams()
+        # Everything is reported: pytest may end the container from here on.
+        channel.send("done")
     except BaseException:
         channel.send("error", stage="run the test", reason=traceback.format_exc(), advice="")
         code = 1
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:
-                pass
+        _flush_std_streams()
         os._exit(code)
+
+
+def _flush_std_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
