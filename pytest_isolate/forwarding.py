@@ -43,6 +43,10 @@ class ReportForwarder:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self.channel is None:
             return
+        # Some plugins settle a report's outcome in this hook from state kept
+        # in the test process (pytest 9's subtests fail the test that
+        # "contains 1 failed subtest" here), as pytest-xdist's workers do.
+        self.config.hook.pytest_report_teststatus(report=report, config=self.config)
         data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
         self.channel.send("report", report=data)
 

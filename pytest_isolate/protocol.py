@@ -16,6 +16,7 @@ an isolated test exactly like any other:
 from __future__ import annotations
 
 import contextlib
+import traceback
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -93,6 +94,11 @@ def _run_container(runtime: Runtime, item: pytest.Item, spec: IsolationSpec) -> 
         return ContainerResult(
             messages=[{"kind": "error", "stage": error.stage, "reason": error.reason, "advice": error.advice}]
         )
+    except (OSError, ValueError, RuntimeError) as error:
+        # A bug or an unforeseen host: fail this test with the reason, keep
+        # the session going (never an INTERNALERROR).
+        reason = "".join(traceback.format_exception_only(type(error), error)).strip()
+        return ContainerResult(messages=[{"kind": "error", "stage": "run the container", "reason": reason, "advice": ""}])
     item.config.hook.pytest_isolate_usage(item=item, spec=spec, usage=result.usage)
     return result
 
@@ -151,12 +157,30 @@ def _failed_report(item: pytest.Item, when: str, message: str, sections: list[tu
         location=item.location,
         keywords=dict.fromkeys(item.keywords, 1),
         outcome="failed",
-        longrepr=message,
+        longrepr=crash_longrepr(item, message),
         when=when,  # type: ignore[arg-type]
         sections=sections,
         duration=result.wall_seconds,
         user_properties=list(item.user_properties),
     )
+
+
+def crash_longrepr(item: pytest.Item, message: str) -> object:
+    """A failure representation that says ``message`` without faking an exception.
+
+    A plain string would do on pytest 9, but pytest 8's ``-ra`` summary only
+    shows ``longrepr.reprcrash.message``, and pytest-xdist serializes only
+    exception representations with their structure.  pytest has no public
+    constructor for one, so this uses its representation classes, and falls
+    back to the string if they ever move.
+    """
+    try:
+        from _pytest._code.code import ExceptionChainRepr, ReprFileLocation, ReprTracebackNative
+    except ImportError:
+        return message
+    first_line = message.splitlines()[0]
+    location = ReprFileLocation(str(item.path), (item.location[1] or 0) + 1, first_line)
+    return ExceptionChainRepr([(ReprTracebackNative([message + "\n"]), location, None)])
 
 
 def _leftover_output(item: pytest.Item) -> tuple[str, str]:

@@ -232,3 +232,28 @@ def test_host_without_root_fails_each_test_with_advice(pytester: pytest.Pytester
         "and cgroups needs root"
     ]
     result.stdout.fnmatch_lines(["run pytest as root (for example: sudo -E pytest ...)"])
+
+
+@pytest.mark.requires(*CONTAINER)
+def test_subtests_reach_the_report(pytester: pytest.Pytester) -> None:
+    if int(pytest.__version__.split(".")[0]) < 9:
+        pytest.skip("the subtests fixture arrived in pytest 9")
+    pytester.makepyfile(
+        """
+        from pytest_isolate import isolated
+
+        @isolated
+        def test_with_subtests(subtests):
+            for n in range(4):
+                with subtests.test(n=n):
+                    assert n != 2
+        """
+    )
+    result = run(pytester)
+    result.stdout.fnmatch_lines(
+        [
+            "SUBFAILED(n='2') test_subtests_reach_the_report.py::test_with_subtests - assert 2 != 2",
+            "FAILED test_subtests_reach_the_report.py::test_with_subtests - contains 1 failed subtest",
+            "*= 2 failed in *",
+        ]
+    )

@@ -1,0 +1,58 @@
+"""The mount plan built from a host's mount table (data in, data out)."""
+
+from __future__ import annotations
+
+from pytest_isolate.container.mountinfo import MountEntry
+from pytest_isolate.container.mountplan import MountOp, build_base_plan, host_mount_ops
+
+
+def entry(mount_point: str, fstype: str) -> MountEntry:
+    return MountEntry(mount_point, "/", fstype, "src", frozenset({"rw"}), frozenset())
+
+
+def test_host_mounts_get_overlays_kernel_filesystems_do_not(tmp_path) -> None:
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.53\n")
+    entries = [
+        entry("/", "ext4"),
+        entry("/proc", "proc"),
+        entry("/sys/fs/cgroup", "tmpfs"),
+        entry("/dev/shm", "tmpfs"),
+        entry(str(venv), "ext4"),
+        entry(str(resolv), "ext4"),
+        entry("/run/netns/x", "nsfs"),
+        entry("/run/netns/x/sub", "ext4"),
+    ]
+    assert host_mount_ops(entries) == [
+        MountOp("overlay", "/", source="/"),
+        MountOp("copy_file", str(resolv), source=str(resolv)),
+        MountOp("overlay", str(venv), source=str(venv)),
+    ]
+
+
+def test_base_plan_order_and_description() -> None:
+    plan = build_base_plan(disk=16 << 20, entries=[entry("/", "ext4")])
+    plan.add_bind("/srv/data", "/data")
+    plan.add_tmpfs("/scratch", size=1 << 20)
+    assert plan.describe().splitlines() == [
+        "overlay / (lower /, upper on tmpfs)",
+        "tmpfs /dev",
+        "bind /dev/null -> /dev/null",
+        "bind /dev/zero -> /dev/zero",
+        "bind /dev/full -> /dev/full",
+        "bind /dev/random -> /dev/random",
+        "bind /dev/urandom -> /dev/urandom",
+        "bind /dev/tty -> /dev/tty",
+        "devpts /dev/pts",
+        "tmpfs /dev/shm",
+        "symlink /dev/fd -> /proc/self/fd",
+        "symlink /dev/stdin -> /proc/self/fd/0",
+        "symlink /dev/stdout -> /proc/self/fd/1",
+        "symlink /dev/stderr -> /proc/self/fd/2",
+        "symlink /dev/ptmx -> pts/ptmx",
+        "sysfs /sys (read-only)",
+        "bind /srv/data -> /data (read-only)",
+        "tmpfs /scratch",
+    ]
