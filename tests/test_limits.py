@@ -220,3 +220,47 @@ def _processes_with(marker: str) -> list[int]:
             except OSError:
                 pass
     return found
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_outcomes_serial_and_under_xdist(pytester: pytest.Pytester, host_state, workers: list[str]) -> None:
+    pytester.makepyfile(
+        """
+        import os, signal, time
+        from pytest_isolate import isolated
+
+        def touch(size):
+            block = bytearray(size)
+            for offset in range(0, size, 4096):
+                block[offset] = 1
+
+        @isolated(mem="32M")
+        def test_oom():
+            touch(256 << 20)
+
+        @isolated(timeout=1)
+        def test_timeout():
+            time.sleep(60)
+
+        @isolated
+        def test_abort():
+            os.kill(os.getpid(), signal.SIGABRT)
+
+        @isolated(mem="32M", cpu=0.5, pids=8)
+        def test_passes():
+            touch(4 << 20)
+        """
+    )
+    result = run(pytester, *workers)
+    result.assert_outcomes(passed=1, failed=3)
+    lines = sorted(failure_lines(result))
+    assert lines[0] == "FAILED test_outcomes_serial_and_under_xdist.py::test_abort - isolated test died of signal SIGABRT"
+    assert re.fullmatch(
+        r"FAILED test_outcomes_serial_and_under_xdist.py::test_oom - isolated test was killed for exceeding "
+        r"the memory limit mem='32M' \(peak 3[12]\.\d MiB\)",
+        lines[1],
+    ), lines[1]
+    assert lines[2] == (
+        "FAILED test_outcomes_serial_and_under_xdist.py::test_timeout - "
+        "isolated test exceeded timeout=1s; all its processes were killed"
+    )
