@@ -30,6 +30,7 @@ HELP = {
     "hostname": 'hostname inside the container (default "isolated")',
     "rootfs": 'root filesystem of the container: "host" (default, an overlay snapshot of /)',
     "disk": 'size of the container\'s writable layer (default "1G"); past it writes fail with ENOSPC',
+    "caps": "capabilities added to the test's reduced default set, comma-separated (e.g. SYS_PTRACE); see SECURITY.md",
 }
 ISOLATE_ALL_HELP = "run every test in its own container, not only those marked @isolated"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import os
 import select
+import signal
 import time
 import warnings
 from typing import TYPE_CHECKING
@@ -50,6 +51,8 @@ class Runtime:
             rootfs.ensure_stage_dir()
         if self.cgroups is not None:
             self.cleaned = self.cgroups.remove_stale_groups()
+        if hasattr(config, "workerinput"):
+            _die_with_xdist_controller()
 
     def close(self) -> None:
         self.graveyard.sweep(block=True)
@@ -217,6 +220,19 @@ class Runtime:
             return False
         finally:
             os.close(test_exited)
+
+
+def _die_with_xdist_controller() -> None:
+    """An xdist worker holds containers open: it must not outlive its controller.
+
+    Killing the controller (even with SIGKILL) then kills the worker, whose
+    death kills its test process (parent-death signal) and ends init (its
+    pipe closes): every container of the run is gone within moments.
+    """
+    controller = os.getppid()
+    libc.set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != controller:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _read_text(path: str, default: str) -> str:

@@ -105,6 +105,23 @@ def parse_rootfs(value: object) -> str:
     return value
 
 
+def parse_caps(value: object) -> frozenset[str]:
+    """Extra capabilities: names like "SYS_ADMIN" (or "CAP_SYS_ADMIN"), a list or comma-separated."""
+    from pytest_isolate.container.hardening import CAPABILITIES
+
+    expected = 'capability names to add to the default set, such as ["NET_ADMIN"] or "SYS_PTRACE,SYS_ADMIN"'
+    if isinstance(value, str):
+        names = [part.strip() for part in value.split(",") if part.strip()]
+    elif isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value):
+        names = [v.strip() for v in value]
+    else:
+        raise _Invalid(expected)
+    normal = frozenset(name.upper().removeprefix("CAP_") for name in names)
+    if not normal <= CAPABILITIES.keys():
+        raise _Invalid(expected)
+    return normal
+
+
 def _parse_number(value: object, expected: str) -> float:
     if isinstance(value, bool):
         raise _Invalid(expected)
@@ -131,6 +148,7 @@ class IsolationSpec:
     rootfs: str = "host"
     disk: int = 1 << 30
     disk_text: str = "1G"
+    caps: frozenset[str] = frozenset()  # added to the default capability set
 
     @property
     def has_limits(self) -> bool:
@@ -147,11 +165,12 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "hostname": parse_hostname,
     "rootfs": parse_rootfs,
     "disk": parse_size,
+    "caps": parse_caps,
 }
 ARGUMENTS = tuple(PARSERS)
 MARKER_SIGNATURE = (
     "isolated(mem=None, cpu=None, pids=None, timeout=None, net=False, "
-    'hostname="isolated", rootfs="host", disk="1G")'
+    'hostname="isolated", rootfs="host", disk="1G", caps=())'
 )
 
 

@@ -75,6 +75,16 @@ def test_pid_uts_ipc_namespaces(pytester: pytest.Pytester) -> None:
             assert os.getpid() == 2
 
         @isolated(hostname="box")
+        def test_hostname_is_fixed_without_sys_admin():
+            assert socket.gethostname() == "box"
+            try:
+                socket.sethostname("changed-inside")
+            except PermissionError:
+                pass
+            else:
+                raise AssertionError("sethostname worked without CAP_SYS_ADMIN")
+
+        @isolated(hostname="box", caps=["SYS_ADMIN"])
         def test_hostname_is_private():
             assert socket.gethostname() == "box"
             socket.sethostname("changed-inside")
@@ -86,7 +96,7 @@ def test_pid_uts_ipc_namespaces(pytester: pytest.Pytester) -> None:
         """
     )
     result = run(pytester)
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=4)
     assert socket.gethostname() == host_name
 
 

@@ -31,7 +31,7 @@ import sys
 import traceback
 from typing import TYPE_CHECKING, NoReturn
 
-from pytest_isolate.container import libc, rootfs
+from pytest_isolate.container import hardening, libc, rootfs
 from pytest_isolate.container.network import bring_up_loopback
 from pytest_isolate.errors import ContainerError
 
@@ -110,6 +110,8 @@ def run_test_process(
         if not spec.net:
             bring_up_loopback()
         _raise_oom_score(test_oom_score)
+        stage = "drop the test's privileges"
+        hardening.harden(spec.caps)
     except ContainerError as error:
         channel.send("error", stage=error.stage, reason=error.reason, advice=error.advice)
         os._exit(1)

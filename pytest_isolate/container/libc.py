@@ -14,6 +14,7 @@ import os
 import platform
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+raw = _libc  # for wrappers elsewhere (hardening) that check errno themselves
 
 # Namespace flags from <linux/sched.h>.
 CLONE_NEWNS = 0x00020000
@@ -48,6 +49,7 @@ for _name, _argtypes in {
     "mount": [ctypes.c_char_p] * 4,
     "umount2": [ctypes.c_char_p, ctypes.c_int],
     "prctl": [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong],
+    "capset": [ctypes.c_char_p, ctypes.c_char_p],
 }.items():
     getattr(_libc, _name).argtypes = _argtypes
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
