@@ -39,7 +39,7 @@ class SpecError(ValueError):
         if self.origin == "marker":
             written = f"@isolated({self.argument}={self.value!r})"
         elif self.origin == "cli":
-            written = f"--isolate-{self.argument}={self.value}"
+            written = f"--isolate-{self.argument.replace('_', '-')}={self.value}"
         else:
             written = f"ini option isolate_{self.argument} = {self.value}"
         prefix = f"{self.where}: " if self.where and self.origin == "marker" else ""

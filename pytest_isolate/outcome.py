@@ -7,10 +7,16 @@ import os
 import signal
 from typing import Any
 
+import pytest
+
 from pytest_isolate.container.cgroups import Usage
 from pytest_isolate.spec import IsolationSpec, format_bytes
 
 SECTION = "pytest-isolate"
+
+
+class IsolateBudgetWarning(pytest.PytestWarning):
+    """A passing isolated test used more than its soft budget."""
 
 
 @dataclasses.dataclass
@@ -76,13 +82,30 @@ def limit_notes(spec: IsolationSpec, result: ContainerResult) -> list[str]:
     return notes
 
 
-def usage_properties(result: ContainerResult) -> list[tuple[str, object]]:
-    """``report.user_properties`` entries, so junitxml shows them."""
-    usage = result.usage
-    properties: list[tuple[str, object]] = []
-    if usage is not None and usage.peak_memory is not None:
-        properties.append(("isolate_peak_memory_bytes", usage.peak_memory))
-    if usage is not None and usage.cpu_seconds is not None:
-        properties.append(("isolate_cpu_seconds", round(usage.cpu_seconds, 6)))
-    properties.append(("isolate_wall_seconds", round(result.wall_seconds, 6)))
-    return properties
+def usage_properties(spec: IsolationSpec, result: ContainerResult) -> list[tuple[str, object]]:
+    """``report.user_properties`` entries: junitxml shows them, xdist carries them."""
+    usage = result.usage or Usage()
+    candidates: list[tuple[str, object]] = [
+        ("isolate_peak_memory_bytes", usage.peak_memory),
+        ("isolate_cpu_seconds", None if usage.cpu_seconds is None else round(usage.cpu_seconds, 6)),
+        ("isolate_throttled_seconds", None if usage.throttled_seconds is None else round(usage.throttled_seconds, 6)),
+        ("isolate_wall_seconds", round(result.wall_seconds, 6)),
+        ("isolate_mem_limit_bytes", spec.mem),
+        ("isolate_cpu_limit", spec.cpu),
+        ("isolate_budget_mem_bytes", spec.budget_mem),
+        ("isolate_budget_cpu_seconds", spec.budget_cpu),
+    ]
+    return [(name, value) for name, value in candidates if value is not None]
+
+
+def budget_overruns(spec: IsolationSpec, usage: Usage | None) -> list[str]:
+    """What a test used beyond its soft budgets, one sentence each."""
+    if usage is None:
+        return []
+    overruns = []
+    if spec.budget_mem is not None and usage.peak_memory is not None and usage.peak_memory > spec.budget_mem:
+        written = f"{spec.budget_mem_text!r}" if spec.budget_mem_text and not spec.budget_mem_text.isdigit() else spec.budget_mem
+        overruns.append(f"peak memory {format_bytes(usage.peak_memory)} is over budget_mem={written}")
+    if spec.budget_cpu is not None and usage.cpu_seconds is not None and usage.cpu_seconds > spec.budget_cpu:
+        overruns.append(f"CPU time {usage.cpu_seconds:.2f}s is over budget_cpu={spec.budget_cpu:g}s")
+    return overruns

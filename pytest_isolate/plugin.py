@@ -30,15 +30,24 @@ HELP = {
     "hostname": 'hostname inside the container (default "isolated")',
     "rootfs": 'root filesystem of the container: "host" (default, an overlay snapshot of /)',
     "disk": 'size of the container\'s writable layer (default "1G"); past it writes fail with ENOSPC',
+    "budget_mem": "soft memory bound of each isolated test: a passing test above it is reported (see --isolate-budget-strict)",
+    "budget_cpu": "soft bound on the CPU seconds of each isolated test: a passing test above it is reported",
     "caps": "capabilities added to the test's reduced default set, comma-separated (e.g. SYS_PTRACE); see SECURITY.md",
 }
 ISOLATE_ALL_HELP = "run every test in its own container, not only those marked @isolated"
+BUDGET_STRICT_HELP = "fail a passing isolated test that went over budget_mem or budget_cpu (default: a warning)"
+REPORT_HELP = "after the run, show the greediest isolated tests by peak memory and by CPU time"
+REPORT_TOP_HELP = "how many tests the --isolate-report tables show (default 10)"
+JSON_HELP = "write every isolated test's limits, usage and outcome to this JSON file"
+COMPARE_HELP = "after the run, show the tests whose peak memory or CPU time grew against this earlier --isolate-json file"
+COMPARE_THRESHOLD_HELP = "growth that --isolate-compare reports, as a fraction (default 0.2: 20%)"
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
     isolate_all: bool
     defaults: dict[str, Setting]  # ini < command line, already merged and checked
+    budget_strict: bool = False
 
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -56,8 +65,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("isolate", "run tests in throw-away containers (pytest-isolate)")
     group.addoption("--isolate", action="store_true", default=None, help=ISOLATE_ALL_HELP)
     parser.addini("isolate", ISOLATE_ALL_HELP, type="bool", default=False)
+    group.addoption("--isolate-budget-strict", action="store_true", default=None, help=BUDGET_STRICT_HELP)
+    parser.addini("isolate_budget_strict", BUDGET_STRICT_HELP, type="bool", default=False)
+    group.addoption("--isolate-report", action="store_true", default=None, help=REPORT_HELP)
+    parser.addini("isolate_report", REPORT_HELP, type="bool", default=False)
+    parser.addini("isolate_report_top", REPORT_TOP_HELP, default="10")
+    group.addoption("--isolate-json", metavar="PATH", default=None, help=JSON_HELP)
+    group.addoption("--isolate-compare", metavar="OLD.json", default=None, help=COMPARE_HELP)
+    parser.addini("isolate_compare_threshold", COMPARE_THRESHOLD_HELP, default="0.2")
     for argument in ARGUMENTS:
-        group.addoption(f"--isolate-{argument}", metavar="VALUE", default=None, help=HELP[argument])
+        flag = f"--isolate-{argument.replace('_', '-')}"
+        group.addoption(flag, dest=f"isolate_{argument}", metavar="VALUE", default=None, help=HELP[argument])
         parser.addini(f"isolate_{argument}", HELP[argument], default="")
 
 
@@ -73,9 +91,17 @@ def read_settings(config: pytest.Config) -> Settings:
             defaults[argument] = Setting(cli_value, "cli")
         if argument in defaults:
             check_setting(argument, defaults[argument])
-    cli_all = config.getoption("isolate")
-    isolate_all = bool(config.getini("isolate")) if cli_all is None else cli_all
-    return Settings(isolate_all=isolate_all, defaults=defaults)
+    return Settings(
+        isolate_all=_flag(config, "isolate"),
+        defaults=defaults,
+        budget_strict=_flag(config, "isolate_budget_strict"),
+    )
+
+
+def _flag(config: pytest.Config, name: str) -> bool:
+    """A switch with an ini key and a command-line flag; the flag wins."""
+    cli = config.getoption(name)
+    return bool(config.getini(name)) if cli is None else bool(cli)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -88,6 +114,19 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[SETTINGS_KEY] = read_settings(config)
     except SpecError as error:
         raise pytest.UsageError(str(error)) from None
+    if not hasattr(config, "workerinput"):  # the process that prints and writes files
+        from pytest_isolate.usage_report import UsageReporter, wanted
+
+        if wanted(config):
+            config.pluginmanager.register(UsageReporter(config), "pytest-isolate-usage-report")
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    if not config.stash[SETTINGS_KEY].isolate_all:
+        return None
+    from pytest_isolate.hostinfo import header_line
+
+    return header_line()
 
 
 def _is_isolated(item: pytest.Item) -> bool:
@@ -157,7 +196,7 @@ def _runtime(config: pytest.Config) -> Runtime:
     if RUNTIME_KEY not in config.stash:
         from pytest_isolate.runtime import Runtime
 
-        runtime = Runtime(config)
+        runtime = Runtime(config, budget_strict=config.stash[SETTINGS_KEY].budget_strict)
         config.stash[RUNTIME_KEY] = runtime
         if runtime.cleaned:
             reporter = config.pluginmanager.get_plugin("terminalreporter")

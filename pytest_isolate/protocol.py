@@ -24,7 +24,15 @@ import pytest
 from pytest_isolate import scopes
 from pytest_isolate.errors import ContainerError
 from pytest_isolate.forwarding import rebuild_warning
-from pytest_isolate.outcome import SECTION, ContainerResult, crash_message, limit_notes, usage_properties
+from pytest_isolate.outcome import (
+    SECTION,
+    ContainerResult,
+    IsolateBudgetWarning,
+    budget_overruns,
+    crash_message,
+    limit_notes,
+    usage_properties,
+)
 
 if TYPE_CHECKING:
     from pytest_isolate.runtime import Runtime
@@ -45,7 +53,7 @@ def run_isolated(runtime: Runtime, item: pytest.Item, nextitem: pytest.Item | No
             result = None
         else:
             result = _run_container(runtime, item, spec)
-            reports, warnings_seen = _rebuild(item, spec, result)
+            reports, warnings_seen = _rebuild(item, spec, result, budget_strict=runtime.budget_strict)
         child_teardown = reports.pop() if reports and reports[-1].when == "teardown" else None
         for report in reports:
             ihook.pytest_runtest_logreport(report=report)
@@ -58,7 +66,7 @@ def run_isolated(runtime: Runtime, item: pytest.Item, nextitem: pytest.Item | No
         if teardown.excinfo is not None or child_teardown is None:
             final = ihook.pytest_runtest_makereport(item=item, call=teardown)
             if result is not None:
-                final.user_properties.extend(usage_properties(result))
+                final.user_properties.extend(usage_properties(spec, result))
         else:
             final = child_teardown
             final.sections.extend(_parent_sections(item, "teardown"))
@@ -103,7 +111,9 @@ def _run_container(runtime: Runtime, item: pytest.Item, spec: IsolationSpec) -> 
     return result
 
 
-def _rebuild(item: pytest.Item, spec: IsolationSpec, result: ContainerResult) -> tuple[list[pytest.TestReport], list[dict[str, Any]]]:
+def _rebuild(
+    item: pytest.Item, spec: IsolationSpec, result: ContainerResult, *, budget_strict: bool
+) -> tuple[list[pytest.TestReport], list[dict[str, Any]]]:
     config = item.config
     reports = [_from_json(config, message["report"]) for message in result.messages if message["kind"] == "report"]
     warnings_seen = [message for message in result.messages if message["kind"] == "warning"]
@@ -115,10 +125,36 @@ def _rebuild(item: pytest.Item, spec: IsolationSpec, result: ContainerResult) ->
         if report.failed and notes and report.when != "teardown":
             report.sections.append((SECTION, "\n".join(notes)))
     reports = _complete(item, spec, result, reports, leftover)
-    properties = usage_properties(result)
+    properties = usage_properties(spec, result)
     for report in reports:
         report.user_properties.extend(properties)
+    warnings_seen += _check_budgets(item, spec, result, reports, strict=budget_strict)
     return reports, warnings_seen
+
+
+def _check_budgets(
+    item: pytest.Item, spec: IsolationSpec, result: ContainerResult, reports: list[pytest.TestReport], *, strict: bool
+) -> list[dict[str, Any]]:
+    """A passing test over a soft budget: a warning, or (strict) a failure."""
+    overruns = budget_overruns(spec, result.usage)
+    call = next((report for report in reports if report.when == "call"), None)
+    if not overruns or call is None or not call.passed:
+        return []
+    message = "isolated test went over its budget: " + "; ".join(overruns)
+    if strict:
+        call.outcome = "failed"
+        call.longrepr = crash_longrepr(item, message)
+        return []
+    return [
+        {
+            "message": message,
+            "category": f"{IsolateBudgetWarning.__module__}.{IsolateBudgetWarning.__qualname__}",
+            "filename": str(item.path),
+            "lineno": (item.location[1] or 0) + 1,
+            "when": "runtest",
+            "nodeid": item.nodeid,
+        }
+    ]
 
 
 def _from_json(config: pytest.Config, data: dict[str, Any]) -> pytest.TestReport:

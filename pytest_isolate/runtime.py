@@ -37,8 +37,9 @@ KILL_GRACE_SECONDS = 10.0
 
 
 class Runtime:
-    def __init__(self, config: pytest.Config) -> None:
+    def __init__(self, config: pytest.Config, *, budget_strict: bool = False) -> None:
         self.config = config
+        self.budget_strict = budget_strict
         self.cgroups: CgroupBackend | None = detect_backend() if os.geteuid() == 0 else None
         self.host_ops: list[MountOp] = host_mount_ops(read_mounts())
         self.test_oom_score = _read_text("/proc/self/oom_score_adj", "0").strip()

@@ -78,6 +78,14 @@ def parse_timeout(value: object) -> float:
     return number
 
 
+def parse_cpu_seconds(value: object) -> float:
+    expected = "CPU seconds greater than 0, such as 1.5"
+    number = _parse_number(value, expected)
+    if number <= 0:
+        raise _Invalid(expected)
+    return number
+
+
 def parse_net(value: object) -> bool:
     expected = "True (the host's network) or False (only the container's own loopback)"
     if isinstance(value, bool):
@@ -149,6 +157,9 @@ class IsolationSpec:
     disk: int = 1 << 30
     disk_text: str = "1G"
     caps: frozenset[str] = frozenset()  # added to the default capability set
+    budget_mem: int | None = None
+    budget_mem_text: str | None = None
+    budget_cpu: float | None = None
 
     @property
     def has_limits(self) -> bool:
@@ -166,11 +177,13 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "rootfs": parse_rootfs,
     "disk": parse_size,
     "caps": parse_caps,
+    "budget_mem": parse_size,
+    "budget_cpu": parse_cpu_seconds,
 }
 ARGUMENTS = tuple(PARSERS)
 MARKER_SIGNATURE = (
     "isolated(mem=None, cpu=None, pids=None, timeout=None, net=False, "
-    'hostname="isolated", rootfs="host", disk="1G", caps=())'
+    'hostname="isolated", rootfs="host", disk="1G", caps=(), budget_mem=None, budget_cpu=None)'
 )
 
 
@@ -217,6 +230,8 @@ def resolve_spec(
         values["mem_text"] = _as_written(merged["mem"].value)
     if "disk" in merged:
         values["disk_text"] = _as_written(merged["disk"].value)
+    if "budget_mem" in merged:
+        values["budget_mem_text"] = _as_written(merged["budget_mem"].value)
     return IsolationSpec(**values)
 
 

@@ -40,7 +40,7 @@ def host_state():
     before = snapshot_host()
     yield before
     after = snapshot_host()
-    assert after.mounts == before.mounts
+    assert (set(after.mounts) - set(before.mounts), set(before.mounts) - set(after.mounts)) == (set(), set())
     assert set(after.cgroups) - set(before.cgroups) == set()
 
 

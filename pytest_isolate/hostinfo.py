@@ -1,0 +1,100 @@
+"""What this host gives the plugin: read from the kernel, never guessed.
+
+Used by ``pytest-isolate info``, pytest's header line, and the JSON report.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pytest_isolate.container.mountinfo import read_mounts
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def kernel() -> str:
+    return os.uname().release
+
+
+def overlay_available() -> bool:
+    text = _read("/proc/filesystems") or ""
+    return any(line.split()[-1] == "overlay" for line in text.splitlines() if line.split())
+
+
+def root_filesystem() -> str:
+    entries = [entry for entry in read_mounts() if entry.mount_point == "/"]
+    return entries[-1].fstype if entries else "unknown"
+
+
+def cgroup_facts() -> dict[str, Any]:
+    from pytest_isolate.container.cgroups import CgroupV1, CgroupV2
+
+    v1 = CgroupV1.detect()
+    if v1 is not None:
+        memory = next(e for e in read_mounts() if e.fstype == "cgroup" and "memory" in e.super_options)
+        return {
+            "version": 1,
+            "mount": os.path.dirname(memory.mount_point),
+            "controllers": sorted(v1.parents),
+            "cgroup": v1.parents["memory"],
+        }
+    v2 = CgroupV2.detect()
+    if v2 is not None:
+        controllers = (_read(os.path.join(v2.mount_point, "cgroup.controllers")) or "").split()
+        return {"version": 2, "mount": v2.mount_point, "controllers": controllers, "cgroup": v2.own_dir}
+    return {"version": None, "mount": None, "controllers": [], "cgroup": None}
+
+
+def user_namespaces() -> dict[str, Any]:
+    limit = _read("/proc/sys/user/max_user_namespaces")
+    return {"max": int(limit) if limit and limit.isdigit() else None, "allowed": bool(limit and limit != "0")}
+
+
+def summary_facts() -> dict[str, Any]:
+    cgroups = cgroup_facts()
+    return {
+        "kernel": kernel(),
+        "root": os.geteuid() == 0,
+        "storage_driver": "overlay" if overlay_available() else None,
+        "root_filesystem": root_filesystem(),
+        "cgroup_version": cgroups["version"],
+        "cgroup_controllers": cgroups["controllers"],
+    }
+
+
+def argument_support(facts: dict[str, Any]) -> dict[str, tuple[bool, str]]:
+    """Marker argument -> (works here, why not and the fix)."""
+    root = facts["root"]
+    container = root and facts["storage_driver"] == "overlay"
+    need_root = "needs root: run pytest as root (rootless mode is not built yet)"
+    no_overlay = "needs the overlay filesystem: modprobe overlay"
+    why_not = "" if container else (need_root if not root else no_overlay)
+    controllers = set(facts["cgroup_controllers"])
+
+    def limit(controller: str) -> tuple[bool, str]:
+        if not container:
+            return False, why_not
+        if controller not in controllers:
+            return False, f"needs the {controller} cgroup controller, which this host does not offer"
+        return True, ""
+
+    support = {name: (container, why_not) for name in ("net", "hostname", "rootfs", "disk", "timeout", "caps")}
+    support["mem"] = limit("memory")
+    support["cpu"] = limit("cpu")
+    support["pids"] = limit("pids")
+    return support
+
+
+def header_line() -> str:
+    facts = summary_facts()
+    cgroup = f"cgroup v{facts['cgroup_version']}" if facts["cgroup_version"] else "no cgroups"
+    storage = facts["storage_driver"] or "no overlay"
+    user = "root" if facts["root"] else f"uid {os.geteuid()} (containers need root)"
+    return f"isolate: {storage} on {facts['root_filesystem']}, {cgroup} ({' '.join(facts['cgroup_controllers'])}), {user}"

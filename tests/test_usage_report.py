@@ -1,0 +1,140 @@
+"""Usage summary, budgets, the JSON report and its comparison, and `pytest-isolate info`."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import CONTAINER
+from helpers import failure_lines, run
+
+pytestmark = pytest.mark.requires(*CONTAINER)
+
+GREEDY = """
+import time
+from pytest_isolate import isolated
+
+def touch(size):
+    block = bytearray(size)
+    for offset in range(0, size, 4096):
+        block[offset] = 1
+    return block
+
+@isolated(mem="512M")
+def test_allocates_100m():
+    touch(100 << 20)
+
+@isolated(cpu=0.25)
+def test_spins_one_second():
+    start = time.monotonic()
+    while time.monotonic() - start < 1.0:
+        pass
+
+@isolated
+def test_idle():
+    pass
+"""
+
+
+def _section(result: pytest.RunResult, title: str) -> list[str]:
+    lines = result.outlines
+    start = next(i for i, line in enumerate(lines) if title in line)
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("="))
+    return [line for line in lines[start + 1 : end] if line]
+
+
+def test_summary_and_json(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_greedy=GREEDY)
+    result = run(pytester, "--isolate-report", "--isolate-json=usage.json")
+    result.assert_outcomes(passed=3)
+
+    memory_table = _section(result, "isolated tests: 10 greediest by peak memory")
+    assert memory_table[0] == "  peak mem of limit   cpu s thrott s  wall s  outcome  test"
+    first = memory_table[1]
+    assert first.endswith("passed   test_greedy.py::test_allocates_100m"), first
+    peak_mib = float(re.match(r"\s*([\d.]+) MiB", first).group(1))
+    assert 100 <= peak_mib <= 150
+    assert re.match(r"\s*[\d.]+ MiB\s+2\d%", first), first  # of the 512M limit
+    cpu_table = _section(result, "isolated tests: 10 greediest by CPU time")
+    assert cpu_table[1].endswith("test_greedy.py::test_spins_one_second")
+
+    document = json.loads((pytester.path / "usage.json").read_text())
+    assert (document["schema"], document["version"]) == ("pytest-isolate/usage", 1)
+    assert document["host"]["cgroup_version"] in (1, 2)
+    assert document["host"]["storage_driver"] == "overlay"
+    tests = {test["nodeid"]: test for test in document["tests"]}
+    assert set(tests) == {f"test_greedy.py::{name}" for name in ("test_allocates_100m", "test_spins_one_second", "test_idle")}
+    spin = tests["test_greedy.py::test_spins_one_second"]
+    assert spin["limits"]["cpu_cores"] == 0.25 and spin["outcome"] == "passed"
+    assert 0.15 <= spin["usage"]["cpu_seconds"] <= 0.4
+    assert spin["usage"]["throttled_seconds"] > 0.3
+    big = tests["test_greedy.py::test_allocates_100m"]
+    assert big["limits"]["mem_bytes"] == 512 << 20
+    assert 100 << 20 <= big["usage"]["peak_memory_bytes"] <= 150 << 20
+
+
+def test_compare_shows_growth(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_greedy=GREEDY)
+    run(pytester, "--isolate-json=old.json").assert_outcomes(passed=3)
+    old = json.loads((pytester.path / "old.json").read_text())
+    for test in old["tests"]:
+        if test["nodeid"].endswith("test_allocates_100m"):
+            test["usage"]["peak_memory_bytes"] = 10 << 20  # pretend it used to be small
+    (pytester.path / "old.json").write_text(json.dumps(old))
+    result = run(pytester, "--isolate-compare=old.json")
+    lines = _section(result, "isolated tests that grew more than 20% since old.json")
+    assert len(lines) == 1
+    assert re.fullmatch(r"test_greedy.py::test_allocates_100m: peak memory 10.0 MiB -> 1\d\d\.\d MiB \(\+\d+%\)", lines[0])
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_budget(pytester: pytest.Pytester, strict: bool) -> None:
+    pytester.makepyfile(
+        """
+        from pytest_isolate import isolated
+
+        @isolated(budget_mem="20M", mem="256M")
+        def test_greedy_but_passing():
+            block = bytearray(64 << 20)
+            for offset in range(0, len(block), 4096):
+                block[offset] = 1
+        """
+    )
+    result = run(pytester, *(["--isolate-budget-strict"] if strict else []))
+    pattern = (
+        r"isolated test went over its budget: peak memory (6\d|7\d)\.\d MiB is over budget_mem='20M'"
+    )
+    if strict:
+        result.assert_outcomes(failed=1)
+        (line,) = failure_lines(result)
+        assert re.fullmatch(r"FAILED test_budget.py::test_greedy_but_passing - " + pattern, line), line
+    else:
+        result.assert_outcomes(passed=1, warnings=1)
+        warning = next(line for line in result.outlines if "IsolateBudgetWarning" in line)
+        assert re.search(r"IsolateBudgetWarning: " + pattern, warning), warning
+
+
+def test_info_command() -> None:
+    output = subprocess.run(
+        [sys.executable, "-m", "pytest_isolate.cli", "info"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert output[0].startswith("pytest-isolate ")
+    assert " Running As Root: yes" in output
+    assert " Storage Driver: overlay" in output
+    assert any(re.fullmatch(r" Cgroup Version: [12]", line) for line in output)
+    assert "  mem       yes" in output
+    facts = json.loads(
+        subprocess.run([sys.executable, "-m", "pytest_isolate.cli", "info", "--json"], capture_output=True, text=True, check=True).stdout
+    )
+    assert facts["arguments"]["mem"] == {"works": True, "why_not": ""}
+    assert facts["storage"]["driver"] == "overlay"
+
+
+def test_header_line(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    result = run(pytester, "--isolate")
+    assert any(re.fullmatch(r"isolate: overlay on \w+, cgroup v[12] \([a-z ]+\), root", line) for line in result.outlines), result.outlines[:6]
