@@ -110,6 +110,20 @@ class CgroupSandbox:
             with open(os.path.join(directory, "cgroup.procs"), "w") as handle:
                 handle.write(str(os.getpid()))
 
+    def dead_groups(self) -> set[str]:
+        """Session groups of dead pytest runs inside the sandbox."""
+        from pytest_isolate.container.cgroups import owner_is_alive
+
+        found = set()
+        for top in self.dirs:
+            for current, dirs, _ in os.walk(top):
+                found.update(
+                    os.path.join(current, name)
+                    for name in dirs
+                    if name.startswith("pytest-isolate-") and not owner_is_alive(name)
+                )
+        return found
+
     def remove(self) -> None:
         from pytest_isolate.container.cgroups import remove_tree
 
