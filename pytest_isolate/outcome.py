@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from pytest_isolate.container.cgroups import Usage
+from pytest_isolate.container.fsdiff import Change
 from pytest_isolate.spec import IsolationSpec, format_bytes
 
 SECTION = "pytest-isolate"
@@ -28,6 +29,7 @@ class ContainerResult:
     timed_out: bool = False
     usage: Usage | None = None
     wall_seconds: float = 0.0
+    changes: list[Change] | None = None  # files the test touched, with --isolate-diff
 
     @property
     def error(self) -> dict[str, Any] | None:

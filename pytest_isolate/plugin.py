@@ -40,6 +40,8 @@ REPORT_HELP = "after the run, show the greediest isolated tests by peak memory a
 REPORT_TOP_HELP = "how many tests the --isolate-report tables show (default 10)"
 JSON_HELP = "write every isolated test's limits, usage and outcome to this JSON file"
 COMPARE_HELP = "after the run, show the tests whose peak memory or CPU time grew against this earlier --isolate-json file"
+DIFF_HELP = "add to each isolated test's report the files it added (A), changed (C) and deleted (D)"
+DIFF_FAIL_HELP = "fail an isolated test that wrote under these path prefixes, e.g. /etc /usr"
 COMPARE_THRESHOLD_HELP = "growth that --isolate-compare reports, as a fraction (default 0.2: 20%)"
 
 
@@ -48,6 +50,8 @@ class Settings:
     isolate_all: bool
     defaults: dict[str, Setting]  # ini < command line, already merged and checked
     budget_strict: bool = False
+    diff: bool = False
+    diff_fail: tuple[str, ...] = ()
 
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -73,6 +77,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--isolate-json", metavar="PATH", default=None, help=JSON_HELP)
     group.addoption("--isolate-compare", metavar="OLD.json", default=None, help=COMPARE_HELP)
     parser.addini("isolate_compare_threshold", COMPARE_THRESHOLD_HELP, default="0.2")
+    group.addoption("--isolate-diff", action="store_true", default=None, help=DIFF_HELP)
+    parser.addini("isolate_diff", DIFF_HELP, type="bool", default=False)
+    group.addoption("--isolate-diff-fail", metavar="PREFIXES", default=None, help=DIFF_FAIL_HELP + " (comma-separated)")
+    parser.addini("isolate_diff_fail", DIFF_FAIL_HELP, type="args", default=[])
     for argument in ARGUMENTS:
         flag = f"--isolate-{argument.replace('_', '-')}"
         group.addoption(flag, dest=f"isolate_{argument}", metavar="VALUE", default=None, help=HELP[argument])
@@ -95,7 +103,19 @@ def read_settings(config: pytest.Config) -> Settings:
         isolate_all=_flag(config, "isolate"),
         defaults=defaults,
         budget_strict=_flag(config, "isolate_budget_strict"),
+        diff=_flag(config, "isolate_diff"),
+        diff_fail=_diff_fail_prefixes(config),
     )
+
+
+def _diff_fail_prefixes(config: pytest.Config) -> tuple[str, ...]:
+    cli = config.getoption("isolate_diff_fail")
+    prefixes = [p for p in cli.split(",") if p.strip()] if cli is not None else config.getini("isolate_diff_fail")
+    for prefix in prefixes:
+        if not prefix.strip().startswith("/"):
+            origin = "cli" if cli is not None else "ini"
+            raise SpecError(origin, "diff_fail", prefix, "absolute path prefixes such as /etc /usr")
+    return tuple(prefix.strip() for prefix in prefixes)
 
 
 def _flag(config: pytest.Config, name: str) -> bool:
@@ -196,7 +216,13 @@ def _runtime(config: pytest.Config) -> Runtime:
     if RUNTIME_KEY not in config.stash:
         from pytest_isolate.runtime import Runtime
 
-        runtime = Runtime(config, budget_strict=config.stash[SETTINGS_KEY].budget_strict)
+        settings = config.stash[SETTINGS_KEY]
+        runtime = Runtime(
+            config,
+            budget_strict=settings.budget_strict,
+            diff_wanted=settings.diff or bool(settings.diff_fail),
+        )
+        runtime.diff_settings = (settings.diff, settings.diff_fail)
         config.stash[RUNTIME_KEY] = runtime
         if runtime.cleaned:
             reporter = config.pluginmanager.get_plugin("terminalreporter")

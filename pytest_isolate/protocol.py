@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_isolate import scopes
+from pytest_isolate import coverage_bridge, scopes
+from pytest_isolate.container import fsdiff
 from pytest_isolate.errors import ContainerError
 from pytest_isolate.forwarding import rebuild_warning
 from pytest_isolate.outcome import (
@@ -54,6 +55,7 @@ def run_isolated(runtime: Runtime, item: pytest.Item, nextitem: pytest.Item | No
         else:
             result = _run_container(runtime, item, spec)
             reports, warnings_seen = _rebuild(item, spec, result, budget_strict=runtime.budget_strict)
+            _apply_changes(item, result, reports, *runtime.diff_settings)
         child_teardown = reports.pop() if reports and reports[-1].when == "teardown" else None
         for report in reports:
             ihook.pytest_runtest_logreport(report=report)
@@ -117,6 +119,9 @@ def _rebuild(
     config = item.config
     reports = [_from_json(config, message["report"]) for message in result.messages if message["kind"] == "report"]
     warnings_seen = [message for message in result.messages if message["kind"] == "warning"]
+    for message in result.messages:
+        if message["kind"] == "coverage":
+            coverage_bridge.store(message["data"])
     # Always drain: what the test's daemons wrote after its last phase must
     # not be blamed on the next test.
     leftover = _leftover_output(item)
@@ -130,6 +135,26 @@ def _rebuild(
         report.user_properties.extend(properties)
     warnings_seen += _check_budgets(item, spec, result, reports, strict=budget_strict)
     return reports, warnings_seen
+
+
+def _apply_changes(
+    item: pytest.Item, result: ContainerResult, reports: list[pytest.TestReport], show: bool, fail_under: tuple[str, ...]
+) -> None:
+    """--isolate-diff: list what the test touched; isolate_diff_fail: fail it for writing there."""
+    if result.changes is None:
+        return
+    call = next((report for report in reports if report.when == "call"), None)
+    if call is None:
+        return
+    if show:
+        call.sections.append((f"{SECTION}: files changed", "\n".join(map(str, result.changes)) or "none"))
+    offending = fsdiff.under(result.changes, list(fail_under))
+    if offending and call.passed:
+        call.outcome = "failed"
+        listed = ", ".join(map(str, offending))
+        call.longrepr = crash_longrepr(
+            item, f"isolated test wrote under {' '.join(fail_under)} (isolate_diff_fail): {listed}"
+        )
 
 
 def _check_budgets(

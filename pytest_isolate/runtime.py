@@ -17,7 +17,7 @@ import warnings
 from typing import TYPE_CHECKING
 
 from pytest_isolate.channel import ChannelReader, ChannelWriter
-from pytest_isolate.container import libc, rootfs
+from pytest_isolate.container import fsdiff, libc, rootfs
 from pytest_isolate.container.cgroups import CgroupBackend, TestCgroup, detect_backend
 from pytest_isolate.container.launcher import run_test_process, spawn_init
 from pytest_isolate.container.lifecycle import ContainerProcesses, Graveyard, kill
@@ -37,9 +37,11 @@ KILL_GRACE_SECONDS = 10.0
 
 
 class Runtime:
-    def __init__(self, config: pytest.Config, *, budget_strict: bool = False) -> None:
+    def __init__(self, config: pytest.Config, *, budget_strict: bool = False, diff_wanted: bool = False) -> None:
         self.config = config
         self.budget_strict = budget_strict
+        self.diff_wanted = diff_wanted
+        self.diff_settings: tuple[bool, tuple[str, ...]] = (False, ())  # (show, fail prefixes)
         self.cgroups: CgroupBackend | None = detect_backend() if os.geteuid() == 0 else None
         self.host_ops: list[MountOp] = host_mount_ops(read_mounts())
         self.test_oom_score = _read_text("/proc/self/oom_score_adj", "0").strip()
@@ -103,7 +105,7 @@ class Runtime:
             self._start(item, spec, plan, cgroup, processes, report_write, init_read)
             os.close(report_write)
             report_write = -1
-            finished_cleanly = self._watch(result, processes, report_read, spec.timeout, cgroup, started)
+            finished_cleanly = self._watch(result, processes, report_read, spec.timeout, cgroup, started, plan)
         finally:
             for fd in (report_write, init_read, report_read):
                 if fd >= 0:
@@ -162,6 +164,7 @@ class Runtime:
                     init_pipe_write_fd=processes.init_write,
                     test_oom_score=self.test_oom_score,
                     routing=self.routing,
+                    keep_layers=self.diff_wanted,
                 )
             processes.test_pid = test_pid
         finally:
@@ -177,6 +180,7 @@ class Runtime:
         timeout: float | None,
         cgroup: TestCgroup | None,
         started: float,
+        plan: MountPlan,
     ) -> bool:
         """Read messages until the test says "done" (True) or its processes are gone (False)."""
         reader = ChannelReader()
@@ -206,6 +210,9 @@ class Runtime:
                     data = os.read(report_fd, 1 << 16)
                     for message in reader.feed(data):
                         if message["kind"] == "done" and not result.timed_out:
+                            if message.get("stage_fd") is not None:
+                                stage = f"/proc/{processes.test_pid}/fd/{message['stage_fd']}"
+                                result.changes = fsdiff.read_changes(stage, plan)
                             return True
                         result.messages.append(message)
                     if not data:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import sys
 import pytest
 
 from conftest import CONTAINER
-from helpers import failure_lines, run
+from helpers import failure_lines, guard_conftest, run
 
 pytestmark = pytest.mark.requires(*CONTAINER)
 
@@ -138,3 +139,103 @@ def test_header_line(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_x(): pass")
     result = run(pytester, "--isolate")
     assert any(re.fullmatch(r"isolate: overlay on \w+, cgroup v[12] \([a-z ]+\), root", line) for line in result.outlines), result.outlines[:6]
+
+
+def test_filesystem_diff_and_diff_fail(pytester: pytest.Pytester) -> None:
+    assert os.path.exists("/etc/motd") and os.path.exists("/etc/hostname")
+    pytester.makeconftest(guard_conftest())
+    pytester.makepyfile(
+        test_diff="""
+        import os
+        from conftest import inside_container
+        from pytest_isolate import isolated
+
+        @isolated
+        def test_touches_etc():
+            inside_container()
+            with open("/etc/pytest-isolate-x", "w") as handle:
+                handle.write("new")
+            with open("/etc/hostname", "a") as handle:
+                handle.write("edited")
+            os.remove("/etc/motd")
+
+        @isolated
+        def test_touches_nothing():
+            pass
+        """
+    )
+    shown = run(pytester, "--isolate-diff", "-rP")
+    shown.assert_outcomes(passed=2)
+    section = shown.outlines[shown.outlines.index(next(l for l in shown.outlines if "test_touches_etc" in l and l.startswith("_"))) :]
+    start = next(i for i, line in enumerate(section) if "pytest-isolate: files changed" in line)
+    assert section[start + 1 : start + 4] == ["C /etc/hostname", "D /etc/motd", "A /etc/pytest-isolate-x"]
+    nothing = shown.outlines[next(i for i, l in enumerate(shown.outlines) if "test_touches_nothing" in l and l.startswith("_")) :]
+    assert nothing[nothing.index(next(l for l in nothing if "files changed" in l)) + 1] == "none"
+
+    failed = run(pytester, "--isolate-diff-fail=/etc,/usr")
+    failed.assert_outcomes(passed=1, failed=1)
+    assert failure_lines(failed) == [
+        "FAILED test_diff.py::test_touches_etc - isolated test wrote under /etc /usr (isolate_diff_fail): "
+        "C /etc/hostname, D /etc/motd, A /etc/pytest-isolate-x"
+    ]
+    assert os.path.exists("/etc/motd") and not os.path.exists("/etc/pytest-isolate-x")
+
+
+def test_coverage_counts_lines_run_in_containers(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("pytest_cov", reason="pytest-cov is a test dependency: pip install -e '.[test]'")
+    pytester.makepyfile(
+        mod="""
+        def only_in_isolated():
+            value = 1
+            return value + 1
+
+        def never_called():
+            return 0
+        """,
+        test_cov="""
+        import mod
+        from pytest_isolate import isolated
+
+        @isolated
+        def test_calls_it():
+            assert mod.only_in_isolated() == 2
+        """,
+    )
+    result = run(pytester, "--cov=mod", "--cov-report=term-missing")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["mod.py * 5 * 1 * 80% * 6"])
+
+
+def test_megabytes_of_output_arrive_whole_and_in_order(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        from pytest_isolate import isolated
+
+        @isolated
+        def test_chatty():
+            for n in range(200_000):
+                print(f"line {n:06d} " + "x" * 20)
+            assert False
+        """
+    )
+    result = run(pytester)
+    result.assert_outcomes(failed=1)
+    printed = [line for line in result.outlines if line.startswith("line ")]
+    assert printed == [f"line {n:06d} " + "x" * 20 for n in range(200_000)]
+
+
+def test_no_capture_shows_output_live(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import sys
+        from pytest_isolate import isolated
+
+        @isolated
+        def test_talks():
+            print("live from the container")
+            sys.stdout.flush()
+        """
+    )
+    result = run(pytester, "-s")
+    result.assert_outcomes(passed=1)
+    assert any(line.endswith("live from the container") or line == "live from the container" for line in result.outlines)

@@ -31,6 +31,7 @@ import sys
 import traceback
 from typing import TYPE_CHECKING, NoReturn
 
+from pytest_isolate import coverage_bridge
 from pytest_isolate.container import hardening, libc, rootfs
 from pytest_isolate.container.network import bring_up_loopback
 from pytest_isolate.errors import ContainerError
@@ -79,8 +80,13 @@ def run_test_process(
     init_pipe_write_fd: int,
     test_oom_score: str,
     routing: ReportRouting,
+    keep_layers: bool = False,
 ) -> NoReturn:
-    """Body of the forked test process.  Never returns."""
+    """Body of the forked test process.  Never returns.
+
+    With ``keep_layers``, the process holds its writable layers open after
+    the test and waits to be killed, so pytest can read what it changed.
+    """
     stage = "start the container"
     try:
         # Only pytest may hold init's pipe, or init would outlive pytest.
@@ -102,7 +108,7 @@ def run_test_process(
         cwd = os.getcwd()
         libc.unshare(flags)
         stage = "build the container's filesystem"
-        rootfs.build_root(plan, rootfs.STAGE_DIR, spec.disk)
+        stage_fd = rootfs.build_root(plan, rootfs.STAGE_DIR, spec.disk, keep_stage=keep_layers)
         rootfs.mount_proc()
         os.chdir(cwd)
         stage = "set up the container's hostname and network"
@@ -122,7 +128,7 @@ def run_test_process(
     except BaseException:
         channel.send("error", stage=stage, reason=traceback.format_exc(), advice="")
         os._exit(1)
-    _run_test(item, channel, routing)
+    _run_test(item, channel, routing, stage_fd)
 
 
 def _raise_oom_score(inherited: str) -> None:
@@ -136,14 +142,20 @@ def _advice(error: OSError) -> str:
     return ""
 
 
-def _run_test(item: pytest.Item, channel: ChannelWriter, routing: ReportRouting) -> NoReturn:
+def _run_test(item: pytest.Item, channel: ChannelWriter, routing: ReportRouting, stage_fd: int | None) -> NoReturn:
     code = 0
     try:
         routing.apply(channel)
         item.ihook.pytest_runtest_protocol(item=item, nextitem=item.parent)
+        measured = coverage_bridge.collect()
+        if measured is not None:
+            channel.send("coverage", data=measured)
         _flush_std_streams()
         # Everything is reported: pytest may end the container from here on.
-        channel.send("done")
+        channel.send("done", stage_fd=stage_fd)
+        if stage_fd is not None:
+            while True:  # until pytest has read the layers and ends the namespace
+                signal.pause()
     except BaseException:
         channel.send("error", stage="run the test", reason=traceback.format_exc(), advice="")
         code = 1

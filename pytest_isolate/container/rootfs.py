@@ -109,10 +109,15 @@ class _Builder:
             copy.write(source.read())
 
 
-def build_root(plan: MountPlan, stage: str, disk: int) -> None:
-    """Mount everything under ``stage``, then make it ``/``."""
+def build_root(plan: MountPlan, stage: str, disk: int, *, keep_stage: bool = False) -> int | None:
+    """Mount everything under ``stage``, then make it ``/``.
+
+    With ``keep_stage``, return an ``O_PATH`` descriptor of the tmpfs that
+    holds the writable layers, for reading them after the test (fsdiff).
+    """
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
     libc.mount("tmpfs", stage, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, f"size={disk},mode=0755")
+    stage_fd = os.open(stage, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) if keep_stage else None
     builder = _Builder(stage)
     for op in plan.ops:
         try:
@@ -128,6 +133,7 @@ def build_root(plan: MountPlan, stage: str, disk: int) -> None:
         os.chdir("/")
     except OSError as error:
         raise ContainerError("switch to the container's root", f"pivot_root: {error.strerror}") from None
+    return stage_fd
 
 
 def mount_proc() -> None:
