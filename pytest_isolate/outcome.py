@@ -30,6 +30,7 @@ class ContainerResult:
     usage: Usage | None = None
     wall_seconds: float = 0.0
     changes: list[Change] | None = None  # files the test touched, with --isolate-diff
+    reported_cpu_seconds: float | None = None  # the test process's own rusage, at "done"
 
     @property
     def error(self) -> dict[str, Any] | None:

@@ -8,6 +8,7 @@ dead run's leftovers - is done here once.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import select
@@ -18,7 +19,8 @@ from typing import TYPE_CHECKING
 
 from pytest_isolate.channel import ChannelReader, ChannelWriter
 from pytest_isolate.container import fsdiff, libc, rootfs
-from pytest_isolate.container.cgroups import CgroupBackend, TestCgroup, detect_backend
+from pytest_isolate.container.cgroups import CgroupBackend, TestCgroup, Usage, detect_backend
+from pytest_isolate.container.hardening import Hardening
 from pytest_isolate.container.launcher import run_test_process, spawn_init
 from pytest_isolate.container.lifecycle import ContainerProcesses, Graveyard, kill
 from pytest_isolate.container.mountinfo import read_mounts
@@ -48,6 +50,7 @@ class Runtime:
         self.cleaned: list[str] = []
         self.routing = ReportRouting(config)
         self.graveyard = Graveyard()
+        self.hardening = Hardening.for_this_host()
         # The PID namespace children go back to after each container.
         self.own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         if os.geteuid() == 0:
@@ -120,6 +123,7 @@ class Runtime:
                     cgroup.kill_all()
                     result.usage = cgroup.usage()
                     cgroup.remove()
+            result.usage = _with_cpu_time(result.usage, result.reported_cpu_seconds or processes.test_cpu_seconds)
         result.status = processes.test_status if processes.test_status is not None else result.status
         return result
 
@@ -164,6 +168,7 @@ class Runtime:
                     init_pipe_write_fd=processes.init_write,
                     test_oom_score=self.test_oom_score,
                     routing=self.routing,
+                    hardening=self.hardening,
                     keep_layers=self.diff_wanted,
                 )
             processes.test_pid = test_pid
@@ -210,6 +215,7 @@ class Runtime:
                     data = os.read(report_fd, 1 << 16)
                     for message in reader.feed(data):
                         if message["kind"] == "done" and not result.timed_out:
+                            result.reported_cpu_seconds = message.get("cpu_seconds")
                             if message.get("stage_fd") is not None:
                                 stage = f"/proc/{processes.test_pid}/fd/{message['stage_fd']}"
                                 result.changes = fsdiff.read_changes(stage, plan)
@@ -228,6 +234,13 @@ class Runtime:
             return False
         finally:
             os.close(test_exited)
+
+
+def _with_cpu_time(usage: Usage | None, cpu_seconds: float | None) -> Usage | None:
+    """Fill in CPU time where no cpuacct cgroup measured it."""
+    if cpu_seconds is None or (usage is not None and usage.cpu_seconds is not None):
+        return usage
+    return dataclasses.replace(usage or Usage(), cpu_seconds=cpu_seconds)
 
 
 def _die_with_xdist_controller() -> None:

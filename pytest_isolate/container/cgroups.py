@@ -252,10 +252,14 @@ class CgroupV1:
         return cls(parents) if "memory" in parents else None
 
     def _needed_controllers(self, spec: IsolationSpec) -> list[str]:
-        # memory and cpuacct measure every test; cpu and pids only limit.
-        wanted = ["memory", "cpuacct"]
+        # memory measures every test; cpu, cpuacct and pids come with a limit.
+        # Each v1 hierarchy is one more migration of the test process into
+        # it, about half a millisecond each (the kernel waits for an RCU grace
+        # period), so without a cpu limit CPU time comes from the process's
+        # own rusage instead of cpuacct.
+        wanted = ["memory"]
         if spec.cpu is not None:
-            wanted.append("cpu")
+            wanted += ["cpu", "cpuacct"]
         if spec.pids is not None:
             wanted.append("pids")
         missing = [c for c in wanted if c not in self.parents and (c != "cpuacct")]

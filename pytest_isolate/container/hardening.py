@@ -28,6 +28,7 @@ test code runs, in this order:
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import os
 import platform
@@ -77,24 +78,20 @@ SECCOMP_MODE_FILTER = 2
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 
-def mask_kernel_paths() -> None:
+def mask_kernel_paths(files: tuple[str, ...], directories: tuple[str, ...], read_only: tuple[str, ...]) -> None:
     """Call after /proc and /sys of the container are mounted."""
-    for path in MASKED_FILES:
-        if os.path.exists(path):
-            libc.mount("/dev/null", path, None, libc.MS_BIND)
-    for path in MASKED_DIRECTORIES:
-        if os.path.isdir(path):
-            libc.mount("tmpfs", path, "tmpfs", libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC, "mode=0555")
-    for path in READ_ONLY_PATHS:
-        if os.path.exists(path):
-            libc.mount(path, path, None, libc.MS_BIND | libc.MS_REC)
-            libc.mount(None, path, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
+    for path in files:
+        libc.mount("/dev/null", path, None, libc.MS_BIND)
+    for path in directories:
+        libc.mount("tmpfs", path, "tmpfs", libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC, "mode=0555")
+    for path in read_only:
+        libc.mount(path, path, None, libc.MS_BIND | libc.MS_REC)
+        libc.mount(None, path, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
 
 
-def drop_capabilities(keep: frozenset[str]) -> None:
-    last = _last_capability()
+def drop_capabilities(keep: frozenset[str], last_capability: int) -> None:
     kept = {CAPABILITIES[name] for name in keep}
-    for number in range(last + 1):
+    for number in range(last_capability + 1):
         if number not in kept:
             _prctl(PR_CAPBSET_DROP, number)
     _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
@@ -111,7 +108,7 @@ def set_no_new_privs() -> None:
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
 
 
-def _last_capability() -> int:
+def last_capability() -> int:
     try:
         with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as handle:
             return int(handle.read())
@@ -204,10 +201,8 @@ def build_filter(arch: str, *, admin: bool = False) -> bytes:
     return b"".join(program)
 
 
-def install_seccomp_filter(*, admin: bool = False) -> None:
+def install_seccomp_filter(code: bytes) -> None:
     """Needs no_new_privs (or CAP_SYS_ADMIN) first."""
-    arch = platform.machine()
-    code = build_filter(arch, admin=admin)
     buffer = ctypes.create_string_buffer(code)
     # struct sock_fprog { unsigned short len; struct sock_filter *filter; }
     prog = struct.pack("HxxxxxxP", len(code) // 8, ctypes.addressof(buffer))
@@ -217,11 +212,41 @@ def install_seccomp_filter(*, admin: bool = False) -> None:
         raise OSError(err, f"prctl(PR_SET_SECCOMP): {os.strerror(err)}")
 
 
-def harden(extra_capabilities: frozenset[str]) -> None:
-    """All of the above, in order.  The container must be fully built."""
-    mask_kernel_paths()
-    keep = DEFAULT_CAPABILITIES | extra_capabilities
-    drop_capabilities(keep)
-    set_no_new_privs()
-    if seccomp_supported():
-        install_seccomp_filter(admin="SYS_ADMIN" in keep)
+@dataclasses.dataclass(frozen=True)
+class Hardening:
+    """Everything that can be worked out once per session, in pytest.
+
+    The test process only applies it: a first ``open()`` in a freshly forked
+    Python costs about a millisecond of copy-on-write faults, so nothing is
+    read or built there.
+    """
+
+    masked_files: tuple[str, ...]
+    masked_directories: tuple[str, ...]
+    read_only: tuple[str, ...]
+    last_capability: int
+    seccomp: bytes | None  # the filter without CAP_SYS_ADMIN
+    seccomp_admin: bytes | None  # the filter for tests granted CAP_SYS_ADMIN
+
+    @classmethod
+    def for_this_host(cls) -> Hardening:
+        # The container's /proc and /sys show the same kernel as ours.
+        arch = platform.machine()
+        return cls(
+            masked_files=tuple(p for p in MASKED_FILES if os.path.exists(p)),
+            masked_directories=tuple(p for p in MASKED_DIRECTORIES if os.path.isdir(p)),
+            read_only=tuple(p for p in READ_ONLY_PATHS if os.path.exists(p)),
+            last_capability=last_capability(),
+            seccomp=build_filter(arch) if seccomp_supported() else None,
+            seccomp_admin=build_filter(arch, admin=True) if seccomp_supported() else None,
+        )
+
+    def apply(self, extra_capabilities: frozenset[str]) -> None:
+        """All of the above, in order.  The container must be fully built."""
+        mask_kernel_paths(self.masked_files, self.masked_directories, self.read_only)
+        keep = DEFAULT_CAPABILITIES | extra_capabilities
+        drop_capabilities(keep, self.last_capability)
+        set_no_new_privs()
+        code = self.seccomp_admin if "SYS_ADMIN" in keep else self.seccomp
+        if code is not None:
+            install_seccomp_filter(code)

@@ -25,6 +25,7 @@ own namespace undoes that at once (see ``runtime.Runtime.launch``).
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import sys
@@ -32,7 +33,7 @@ import traceback
 from typing import TYPE_CHECKING, NoReturn
 
 from pytest_isolate import coverage_bridge
-from pytest_isolate.container import hardening, libc, rootfs
+from pytest_isolate.container import libc, rootfs
 from pytest_isolate.container.network import bring_up_loopback
 from pytest_isolate.errors import ContainerError
 
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
     from pytest_isolate.channel import ChannelWriter
     from pytest_isolate.container.cgroups import TestCgroup
+    from pytest_isolate.container.hardening import Hardening
     from pytest_isolate.container.mountplan import MountPlan
     from pytest_isolate.forwarding import ReportRouting
     from pytest_isolate.spec import IsolationSpec
@@ -80,6 +82,7 @@ def run_test_process(
     init_pipe_write_fd: int,
     test_oom_score: str,
     routing: ReportRouting,
+    hardening: Hardening,
     keep_layers: bool = False,
 ) -> NoReturn:
     """Body of the forked test process.  Never returns.
@@ -117,7 +120,7 @@ def run_test_process(
             bring_up_loopback()
         _raise_oom_score(test_oom_score)
         stage = "drop the test's privileges"
-        hardening.harden(spec.caps)
+        hardening.apply(spec.caps)
     except ContainerError as error:
         channel.send("error", stage=error.stage, reason=error.reason, advice=error.advice)
         os._exit(1)
@@ -132,8 +135,11 @@ def run_test_process(
 
 
 def _raise_oom_score(inherited: str) -> None:
-    with open("/proc/self/oom_score_adj", "w", encoding="ascii") as handle:
-        handle.write(str(max(TEST_OOM_SCORE, int(inherited or 0))))
+    fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+    try:
+        os.write(fd, str(max(TEST_OOM_SCORE, int(inherited or 0))).encode())
+    finally:
+        os.close(fd)
 
 
 def _advice(error: OSError) -> str:
@@ -152,7 +158,7 @@ def _run_test(item: pytest.Item, channel: ChannelWriter, routing: ReportRouting,
             channel.send("coverage", data=measured)
         _flush_std_streams()
         # Everything is reported: pytest may end the container from here on.
-        channel.send("done", stage_fd=stage_fd)
+        channel.send("done", stage_fd=stage_fd, cpu_seconds=_cpu_seconds())
         if stage_fd is not None:
             while True:  # until pytest has read the layers and ends the namespace
                 signal.pause()
@@ -162,6 +168,12 @@ def _run_test(item: pytest.Item, channel: ChannelWriter, routing: ReportRouting,
     finally:
         _flush_std_streams()
         os._exit(code)
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and the children it waited for (cgroup-free measure)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _flush_std_streams() -> None:

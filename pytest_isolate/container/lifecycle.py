@@ -35,6 +35,7 @@ class ContainerProcesses:
     test_pid: int = 0
     init_write: int = -1  # closing it ends init, and with it the PID namespace
     test_status: int | None = None
+    test_cpu_seconds: float | None = None  # from wait4: the test process and children it waited for
     init_reaped: bool = False
 
     def end_namespace(self) -> None:
@@ -44,10 +45,11 @@ class ContainerProcesses:
 
     def reap_test(self, *, block: bool = True) -> bool:
         if self.test_status is None and self.test_pid:
-            pid, status = os.waitpid(self.test_pid, 0 if block else os.WNOHANG)
+            pid, status, rusage = os.wait4(self.test_pid, 0 if block else os.WNOHANG)
             if pid == 0:
                 return False
             self.test_status = status
+            self.test_cpu_seconds = rusage.ru_utime + rusage.ru_stime
         return True
 
     def reap_init(self, *, block: bool = True) -> bool:

@@ -71,8 +71,7 @@ class _Builder:
             os.makedirs(target, exist_ok=True)
         elif not os.path.exists(target):
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            with open(target, "wb"):
-                pass
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT, 0o644))
         libc.mount(op.source, target, None, libc.MS_BIND | libc.MS_REC)
         if op.readonly:
             libc.mount(None, target, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
