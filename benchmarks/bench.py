@@ -67,6 +67,20 @@ def builtin_configurations() -> List[Configuration]:
     ]
 
 
+def network_configurations() -> List[Configuration]:
+    """--network-modes: the per-test cost of each network mode (issue 4).
+
+    The forwarded endpoint needs no server: the listener inside is made,
+    handed over and torn down whether or not anything connects.
+    """
+    return [
+        Configuration("net-host", ["--isolate", "--isolate-net=true"]),
+        Configuration("net-private", ["--isolate", "--isolate-net=private"]),
+        Configuration("net-forward", ["--isolate", "--isolate-net=127.0.0.1:5999"]),
+        Configuration("net-rate", ["--isolate", "--isolate-net-rate=100mbit"]),
+    ]
+
+
 def parse_extra(spec: str) -> Configuration:
     """``NAME=ARGS`` from --extra, ARGS split like a shell would."""
     name, sep, args = spec.partition("=")
@@ -188,11 +202,15 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3, metavar="R", help="runs per configuration; the median counts (3)")
     parser.add_argument("--extra", type=parse_extra, action="append", default=[], metavar="NAME=ARGS",
                         help='another configuration, e.g. "isolate-mem=--isolate --isolate-mem=256M"; repeatable')
+    parser.add_argument("--network-modes", action="store_true",
+                        help="also measure net=True, net=\"private\", a forwarded endpoint and net_rate")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the numbers here as JSON")
     parser.add_argument("--timeout", type=float, default=600, metavar="S", help="give up on one run after S seconds (600)")
     args = parser.parse_args(argv)
     if args.tests < 1 or args.repeat < 1:
         parser.error("--tests and --repeat must be at least 1")
+    if args.network_modes:
+        args.extra = network_configurations() + args.extra
     names = [config.name for config in builtin_configurations() + args.extra]
     if len(set(names)) != len(names):
         parser.error(f"configuration names must be unique, got {names}")

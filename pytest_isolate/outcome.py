@@ -85,6 +85,27 @@ def limit_notes(spec: IsolationSpec, result: ContainerResult) -> list[str]:
     return notes
 
 
+# What a failure looks like when a test wanted a network it did not have.
+_NETWORK_FAILURES = (
+    "ConnectionRefusedError",
+    "Network is unreachable",
+    "gaierror",
+    "Name or service not known",
+    "Temporary failure in name resolution",
+    "No address associated with hostname",
+    "ConnectTimeout",
+    "NewConnectionError",
+)
+NO_NETWORK_NOTE = (
+    "this test ran without network (net=False: only its own loopback); "
+    'allow a host service with net=["host:port"], or the host\'s network with net=True'
+)
+
+
+def looks_like_network_failure(longrepr_text: str) -> bool:
+    return any(signature in longrepr_text for signature in _NETWORK_FAILURES)
+
+
 def usage_properties(spec: IsolationSpec, result: ContainerResult) -> list[tuple[str, object]]:
     """``report.user_properties`` entries: junitxml shows them, xdist carries them."""
     usage = result.usage or Usage()

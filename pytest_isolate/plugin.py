@@ -26,18 +26,21 @@ HELP = {
     "cpu": "CPU limit of each isolated test in cores, e.g. 0.5 (a CFS quota)",
     "pids": "most processes/threads an isolated test may have at once",
     "timeout": "seconds of wall time after which every process of an isolated test is killed",
-    "net": "true: the host's network; false (default): only the container's own loopback",
+    "net": 'false (default): only the container\'s own loopback; true or "host": the host\'s network; '
+    '"private": a veth link to the host; "127.0.0.1:5432,localhost:6379": loopback plus these host services',
     "hostname": 'hostname inside the container (default "isolated")',
     "rootfs": 'root filesystem of the container: "host" (default, an overlay snapshot of /)',
     "disk": 'size of the container\'s writable layer (default "1G"); past it writes fail with ENOSPC',
     "budget_mem": "soft memory bound of each isolated test: a passing test above it is reported (see --isolate-budget-strict)",
     "budget_cpu": "soft bound on the CPU seconds of each isolated test: a passing test above it is reported",
+    "net_rate": 'bandwidth limit on every interface of the container, loopback included, e.g. "1mbit"',
     "caps": "capabilities added to the test's reduced default set, comma-separated (e.g. SYS_PTRACE); see SECURITY.md",
 }
 ISOLATE_ALL_HELP = "run every test in its own container, not only those marked @isolated"
 BUDGET_STRICT_HELP = "fail a passing isolated test that went over budget_mem or budget_cpu (default: a warning)"
 REPORT_HELP = "after the run, show the greediest isolated tests by peak memory and by CPU time"
 REPORT_TOP_HELP = "how many tests the --isolate-report tables show (default 10)"
+NET_RANGE_HELP = 'the private range veth links of net="private" take addresses from (default 10.213.0.0/16)'
 JSON_HELP = "write every isolated test's limits, usage and outcome to this JSON file"
 COMPARE_HELP = "after the run, show the tests whose peak memory or CPU time grew against this earlier --isolate-json file"
 DIFF_HELP = "add to each isolated test's report the files it added (A), changed (C) and deleted (D)"
@@ -74,6 +77,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--isolate-report", action="store_true", default=None, help=REPORT_HELP)
     parser.addini("isolate_report", REPORT_HELP, type="bool", default=False)
     parser.addini("isolate_report_top", REPORT_TOP_HELP, default="10")
+    parser.addini("isolate_net_range", NET_RANGE_HELP, default="10.213.0.0/16")
     group.addoption("--isolate-json", metavar="PATH", default=None, help=JSON_HELP)
     group.addoption("--isolate-compare", metavar="OLD.json", default=None, help=COMPARE_HELP)
     parser.addini("isolate_compare_threshold", COMPARE_THRESHOLD_HELP, default="0.2")

@@ -28,10 +28,12 @@ from pytest_isolate.forwarding import rebuild_warning
 from pytest_isolate.outcome import (
     SECTION,
     ContainerResult,
+    NO_NETWORK_NOTE,
     IsolateBudgetWarning,
     budget_overruns,
     crash_message,
     limit_notes,
+    looks_like_network_failure,
     usage_properties,
 )
 
@@ -127,8 +129,11 @@ def _rebuild(
     leftover = _leftover_output(item)
     notes = limit_notes(spec, result)
     for report in reports:
-        if report.failed and notes and report.when != "teardown":
-            report.sections.append((SECTION, "\n".join(notes)))
+        report_notes = list(notes)
+        if spec.net.mode == "none" and report.failed and looks_like_network_failure(report.longreprtext):
+            report_notes.append(NO_NETWORK_NOTE)
+        if report.failed and report_notes and report.when != "teardown":
+            report.sections.append((SECTION, "\n".join(report_notes)))
     reports = _complete(item, spec, result, reports, leftover)
     properties = usage_properties(spec, result)
     for report in reports:

@@ -21,6 +21,7 @@ from pytest_isolate.channel import ChannelReader, ChannelWriter
 from pytest_isolate.container import fsdiff, libc, rootfs
 from pytest_isolate.container.cgroups import CgroupBackend, TestCgroup, Usage, detect_backend
 from pytest_isolate.container.hardening import Hardening
+from pytest_isolate.container.netsetup import ContainerNetwork
 from pytest_isolate.container.launcher import run_test_process, spawn_init
 from pytest_isolate.container.lifecycle import ContainerProcesses, Graveyard, kill
 from pytest_isolate.container.mountinfo import read_mounts
@@ -41,6 +42,7 @@ KILL_GRACE_SECONDS = 10.0
 class Runtime:
     def __init__(self, config: pytest.Config, *, budget_strict: bool = False, diff_wanted: bool = False) -> None:
         self.config = config
+        self.net_range = str(config.getini("isolate_net_range"))
         self.budget_strict = budget_strict
         self.diff_wanted = diff_wanted
         self.diff_settings: tuple[bool, tuple[str, ...]] = (False, ())  # (show, fail prefixes)
@@ -100,20 +102,23 @@ class Runtime:
         cgroup = self.cgroups.create(spec) if self.cgroups is not None else None
         result = ContainerResult(messages=[])
         processes = ContainerProcesses()
+        net = ContainerNetwork(spec, self.net_range)
         report_read, report_write = os.pipe()
         init_read, processes.init_write = os.pipe()
         started = time.monotonic()
         finished_cleanly = False
         try:
-            self._start(item, spec, plan, cgroup, processes, report_write, init_read)
+            self._start(item, spec, plan, cgroup, processes, report_write, init_read, net)
             os.close(report_write)
             report_write = -1
+            net.after_fork(processes.test_pid)
             finished_cleanly = self._watch(result, processes, report_read, spec.timeout, cgroup, started, plan)
         finally:
             for fd in (report_write, init_read, report_read):
                 if fd >= 0:
                     os.close(fd)
             result.wall_seconds = time.monotonic() - started
+            net.close()
             if finished_cleanly:
                 result.usage = cgroup.usage() if cgroup is not None else None
                 self.graveyard.retire(processes, cgroup)
@@ -136,6 +141,7 @@ class Runtime:
         processes: ContainerProcesses,
         report_write: int,
         init_read: int,
+        net: ContainerNetwork,
     ) -> None:
         """Create init and the test process in a new PID namespace."""
         libc.unshare(libc.CLONE_NEWPID)
@@ -169,6 +175,7 @@ class Runtime:
                     test_oom_score=self.test_oom_score,
                     routing=self.routing,
                     hardening=self.hardening,
+                    net=net,
                     keep_layers=self.diff_wanted,
                 )
             processes.test_pid = test_pid

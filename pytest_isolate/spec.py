@@ -86,17 +86,67 @@ def parse_cpu_seconds(value: object) -> float:
     return number
 
 
-def parse_net(value: object) -> bool:
-    expected = "True (the host's network) or False (only the container's own loopback)"
+@dataclasses.dataclass(frozen=True)
+class NetSpec:
+    """The container's network: its mode, and for "forward" the host endpoints."""
+
+    mode: str = "none"  # "none" (own loopback), "host", "private" (veth) or "forward"
+    endpoints: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def own_namespace(self) -> bool:
+        return self.mode != "host"
+
+
+_LOOPBACK_HOSTS = ("localhost", "::1")
+NET_EXPECTED = (
+    'False (own loopback only), True or "host" (the host\'s network), "private" (a veth link to the host), '
+    'or a list of host TCP endpoints such as ["127.0.0.1:5432", "localhost:6379"]'
+)
+
+
+def parse_net(value: object) -> NetSpec:
     if isinstance(value, bool):
-        return value
+        return NetSpec("host" if value else "none")
     if isinstance(value, str):
         word = value.strip().lower()
         if word in _TRUE_WORDS or word == "host":
-            return True
+            return NetSpec("host")
         if word in _FALSE_WORDS or word == "none":
-            return False
-    raise _Invalid(expected)
+            return NetSpec("none")
+        if word == "private":
+            return NetSpec("private")
+        if ":" in word:  # from the ini file or command line: comma-separated endpoints
+            return NetSpec("forward", tuple(_parse_endpoint(part) for part in word.split(",") if part.strip()))
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return NetSpec("forward", tuple(_parse_endpoint(v) for v in value))
+    raise _Invalid(NET_EXPECTED)
+
+
+def _parse_endpoint(text: str) -> tuple[str, int]:
+    host, _, port_text = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise _Invalid(f"{NET_EXPECTED}; the port of {text!r} must be 1 to 65535")
+    if not (host in _LOOPBACK_HOSTS or re.fullmatch(r"127\.\d{1,3}\.\d{1,3}\.\d{1,3}", host)):
+        raise _Invalid(f"{NET_EXPECTED}; {text!r} is not on loopback (127.0.0.0/8, ::1 or localhost)")
+    return host, int(port_text)
+
+
+_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(bit|kbit|mbit|gbit)\s*$", re.IGNORECASE)
+_RATE_UNITS = {"bit": 1, "kbit": 1000, "mbit": 1000_000, "gbit": 1000_000_000}
+
+
+def parse_rate(value: object) -> int:
+    """Bits per second from tc-style text: "1mbit", "500kbit"."""
+    expected = 'a bandwidth such as "1mbit", "500kbit" or "1gbit"'
+    match = _RATE_RE.match(value) if isinstance(value, str) else None
+    if not match:
+        raise _Invalid(expected)
+    bits = int(float(match.group(1)) * _RATE_UNITS[match.group(2).lower()])
+    if bits < 8000:
+        raise _Invalid(expected + ", of at least 8kbit")
+    return bits
 
 
 def parse_hostname(value: object) -> str:
@@ -151,7 +201,7 @@ class IsolationSpec:
     cpu: float | None = None
     pids: int | None = None
     timeout: float | None = None
-    net: bool = False
+    net: NetSpec = NetSpec()
     hostname: str = "isolated"
     rootfs: str = "host"
     disk: int = 1 << 30
@@ -160,6 +210,8 @@ class IsolationSpec:
     budget_mem: int | None = None
     budget_mem_text: str | None = None
     budget_cpu: float | None = None
+    net_rate: int | None = None  # bits per second, on every interface of the container
+    net_rate_text: str | None = None
 
     @property
     def has_limits(self) -> bool:
@@ -179,11 +231,12 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "caps": parse_caps,
     "budget_mem": parse_size,
     "budget_cpu": parse_cpu_seconds,
+    "net_rate": parse_rate,
 }
 ARGUMENTS = tuple(PARSERS)
 MARKER_SIGNATURE = (
     "isolated(mem=None, cpu=None, pids=None, timeout=None, net=False, "
-    'hostname="isolated", rootfs="host", disk="1G", caps=(), budget_mem=None, budget_cpu=None)'
+    'hostname="isolated", rootfs="host", disk="1G", caps=(), budget_mem=None, budget_cpu=None, net_rate=None)'
 )
 
 
@@ -232,6 +285,16 @@ def resolve_spec(
         values["disk_text"] = _as_written(merged["disk"].value)
     if "budget_mem" in merged:
         values["budget_mem_text"] = _as_written(merged["budget_mem"].value)
+    if "net_rate" in merged:
+        values["net_rate_text"] = _as_written(merged["net_rate"].value)
+        if not values.get("net", NetSpec()).own_namespace:
+            setting = merged["net_rate"]
+            raise SpecError(
+                setting.origin, "net_rate", setting.value,
+                "no net_rate with net=True: the host's interfaces are never touched; "
+                'use net=False, "private" or a list of endpoints',
+                where=where,
+            )
     return IsolationSpec(**values)
 
 

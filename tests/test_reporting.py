@@ -107,11 +107,9 @@ def test_junitxml_and_failure_of_isolated_test(pytester: pytest.Pytester) -> Non
         ("cpu=-1", "@isolated(cpu=-1) is invalid: expected a number of cores from 0.01 up, such as 0.5 or 2"),
         ("pids=0", "@isolated(pids=0) is invalid: expected a whole number of processes from 1 up, such as 64"),
         ("timeout=0", "@isolated(timeout=0) is invalid: expected seconds of wall time greater than 0, such as 30 or 2.5"),
-        ('net="wifi"', "@isolated(net='wifi') is invalid: expected True (the host's network) or False "
-         "(only the container's own loopback)"),
         ('rootfs="alpine"', "@isolated(rootfs='alpine') is invalid: expected \"host\" (an overlay snapshot of the host's own root)"),
         ("memory=1", "@isolated got an unknown argument memory=1; the accepted arguments are mem, cpu, pids, "
-         "timeout, net, hostname, rootfs, disk, caps, budget_mem, budget_cpu"),
+         "timeout, net, hostname, rootfs, disk, caps, budget_mem, budget_cpu, net_rate"),
         ('"64M"', "@isolated(positional argument='64M') is invalid: expected keyword arguments only, e.g. @isolated(mem=\"64M\")"),
     ],
 )
@@ -178,7 +176,7 @@ def test_marker_is_registered_with_its_signature(pytester: pytest.Pytester) -> N
     result = run(pytester, "--markers")
     result.stdout.fnmatch_lines(
         ['@pytest.mark.isolated(mem=None, cpu=None, pids=None, timeout=None, net=False, hostname="isolated", '
-         'rootfs="host", disk="1G", caps=(), budget_mem=None, budget_cpu=None): run the test in its own throw-away Linux container*']
+         'rootfs="host", disk="1G", caps=(), budget_mem=None, budget_cpu=None, net_rate=None): run the test in its own throw-away Linux container*']
     )
 
 

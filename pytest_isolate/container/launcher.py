@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, NoReturn
 
 from pytest_isolate import coverage_bridge
 from pytest_isolate.container import libc, rootfs
-from pytest_isolate.container.network import bring_up_loopback
 from pytest_isolate.errors import ContainerError
 
 if TYPE_CHECKING:
@@ -43,6 +42,7 @@ if TYPE_CHECKING:
     from pytest_isolate.channel import ChannelWriter
     from pytest_isolate.container.cgroups import TestCgroup
     from pytest_isolate.container.hardening import Hardening
+    from pytest_isolate.container.netsetup import ContainerNetwork
     from pytest_isolate.container.mountplan import MountPlan
     from pytest_isolate.forwarding import ReportRouting
     from pytest_isolate.spec import IsolationSpec
@@ -83,6 +83,7 @@ def run_test_process(
     test_oom_score: str,
     routing: ReportRouting,
     hardening: Hardening,
+    net: ContainerNetwork,
     keep_layers: bool = False,
 ) -> NoReturn:
     """Body of the forked test process.  Never returns.
@@ -106,18 +107,19 @@ def run_test_process(
         flags = libc.CLONE_NEWNS | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC
         if cgroup is not None:
             flags |= libc.CLONE_NEWCGROUP
-        if not spec.net:
+        if spec.net.own_namespace:
             flags |= libc.CLONE_NEWNET
         cwd = os.getcwd()
         libc.unshare(flags)
+        net.after_unshare()
         stage = "build the container's filesystem"
         stage_fd = rootfs.build_root(plan, rootfs.STAGE_DIR, spec.disk, keep_stage=keep_layers)
         rootfs.mount_proc()
         os.chdir(cwd)
         stage = "set up the container's hostname and network"
         socket.sethostname(spec.hostname)
-        if not spec.net:
-            bring_up_loopback()
+        if spec.net.own_namespace:
+            net.configure_inside()
         _raise_oom_score(test_oom_score)
         stage = "drop the test's privileges"
         hardening.apply(spec.caps)

@@ -1,0 +1,113 @@
+"""``net="private"``: a veth pair between the host and one container.
+
+Each test gets a /30 from a private range (``isolate_net_range``): the host
+end takes the first address, the container end the second.  A subnet is
+held with an exclusive lock on a file named after it, so xdist workers and
+parallel pytest runs never hand out the same one; the kernel drops the lock
+when its holder dies, so a killed run leaks no addresses.  Forwarding is
+switched off on the host end: the host is the whole world of the container.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import ipaddress
+import os
+
+from pytest_isolate.errors import ContainerError
+
+LOCK_DIR = "/run/pytest-isolate/net"
+
+
+@dataclasses.dataclass
+class HostLink:
+    subnet: ipaddress.IPv4Network
+    number: int
+    lock_fd: int
+    host_index: int | None = None
+
+    @property
+    def host_name(self) -> str:
+        return f"iso{self.number}h"
+
+    @property
+    def peer_name(self) -> str:
+        return f"iso{self.number}c"
+
+    @property
+    def host_address(self) -> str:
+        return str(self.subnet.network_address + 1)
+
+    @property
+    def container_address(self) -> str:
+        return str(self.subnet.network_address + 2)
+
+    def create(self, container_pid: int) -> None:
+        """The pair, with its peer born inside the container's network namespace."""
+        from pyroute2 import IPRoute
+
+        try:
+            with IPRoute() as ipr:
+                ipr.link("add", ifname=self.host_name, kind="veth", peer={"ifname": self.peer_name, "net_ns_pid": container_pid})
+                (self.host_index,) = ipr.link_lookup(ifname=self.host_name)
+                ipr.addr("add", index=self.host_index, address=self.host_address, prefixlen=30)
+                ipr.link("set", index=self.host_index, state="up")
+            _write(f"/proc/sys/net/ipv4/conf/{self.host_name}/forwarding", "0")
+        except Exception as error:  # pyroute2 raises NetlinkError and OSError
+            raise ContainerError(
+                "create the container's private network link",
+                f"veth {self.host_name} ({self.subnet}): {error}",
+                "net=\"private\" needs root and the veth driver (modprobe veth)",
+            ) from None
+
+    def release(self) -> None:
+        """Delete the host end (its peer goes with it) and free the subnet."""
+        if self.host_index is not None:
+            from pyroute2 import IPRoute
+
+            try:
+                with IPRoute() as ipr:
+                    ipr.link("del", index=self.host_index)
+            except Exception as error:
+                if getattr(error, "code", None) != errno.ENODEV:
+                    raise
+            self.host_index = None
+        if self.lock_fd >= 0:
+            os.close(self.lock_fd)
+            self.lock_fd = -1
+
+
+def allocate(network_range: str) -> HostLink:
+    """The first free /30 of ``network_range``."""
+    try:
+        network = ipaddress.IPv4Network(network_range)
+    except ValueError:
+        raise ContainerError(
+            "create the container's private network link",
+            f"isolate_net_range = {network_range} is not an IPv4 network",
+            "write it like 10.213.0.0/16",
+        ) from None
+    os.makedirs(LOCK_DIR, exist_ok=True)
+    for number, subnet in enumerate(network.subnets(new_prefix=30)):
+        fd = os.open(os.path.join(LOCK_DIR, str(subnet.network_address)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        return HostLink(subnet=subnet, number=number, lock_fd=fd)
+    raise ContainerError(
+        "create the container's private network link",
+        f"every /30 of isolate_net_range = {network_range} is in use",
+        "give isolate_net_range a larger range",
+    )
+
+
+def _write(path: str, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
