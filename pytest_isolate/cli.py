@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from pytest_isolate import __version__, hostinfo
+from pytest_isolate.images import commands as images_commands
 
 
 def info(as_json: bool) -> int:
@@ -53,9 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     info_parser = commands.add_parser("info", help="what this host gives the plugin (like docker info)")
     info_parser.add_argument("--json", action="store_true", help="print JSON for machines")
+    images_commands.add_parser(commands)
     arguments = parser.parse_args(argv)
     if arguments.command == "info":
         return info(arguments.json)
+    if arguments.command == "images":
+        return images_commands.run(arguments)
     parser.error(f"unknown command {arguments.command}")
     return 2
 

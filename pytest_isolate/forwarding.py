@@ -105,11 +105,14 @@ def rebuild_warning(message: dict[str, Any]) -> warnings.WarningMessage:
 
 
 def _resolve_category(qualified: str) -> type[Warning]:
-    import importlib
+    """The warning class by name, among modules pytest has already imported.
+
+    Never import: the name comes from the container, and importing a module
+    runs its code in pytest (``this`` prints, ``unittest.__main__`` runs).
+    """
+    import sys
 
     module_name, _, name = qualified.rpartition(".")
-    try:
-        candidate = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError):
-        return UserWarning
+    module = sys.modules.get(module_name)
+    candidate = getattr(module, name, None) if module is not None else None
     return candidate if isinstance(candidate, type) and issubclass(candidate, Warning) else UserWarning

@@ -22,6 +22,7 @@ from pytest_isolate.container import fsdiff, libc, rootfs
 from pytest_isolate.container.cgroups import CgroupBackend, TestCgroup, Usage, detect_backend
 from pytest_isolate.container.hardening import Hardening
 from pytest_isolate.container.netsetup import ContainerNetwork
+from pytest_isolate.container.network import hosts_file
 from pytest_isolate.container.launcher import run_test_process, spawn_init
 from pytest_isolate.container.lifecycle import ContainerProcesses, Graveyard, kill
 from pytest_isolate.container.mountinfo import read_mounts
@@ -59,7 +60,12 @@ class Runtime:
             rootfs.ensure_stage_dir()
         if self.cgroups is not None:
             self.cleaned = self.cgroups.remove_stale_groups()
+        # Descriptors the test process must not keep: a way back to pytest's
+        # PID namespace, and (under xdist) the pipes to the controller, whose
+        # protocol imports and calls what it is sent.
+        self.foreign_fds: tuple[int, ...] = (self.own_pid_namespace,)
         if hasattr(config, "workerinput"):
+            self.foreign_fds += _fds_shared_with(os.getppid())
             _die_with_xdist_controller()
 
     def close(self) -> None:
@@ -70,6 +76,8 @@ class Runtime:
 
     def plan_for(self, item: pytest.Item, spec: IsolationSpec) -> MountPlan:
         plan = MountPlan(self.host_ops + device_ops(shm_size=spec.disk) + [MountOp("sysfs", "/sys", readonly=True)])
+        if spec.net.own_namespace:
+            plan.add_file("/etc/hosts", hosts_file(spec.hostname))
         item.config.hook.pytest_isolate_mount_plan(item=item, spec=spec, plan=plan)
         return plan
 
@@ -108,7 +116,7 @@ class Runtime:
         started = time.monotonic()
         finished_cleanly = False
         try:
-            self._start(item, spec, plan, cgroup, processes, report_write, init_read, net)
+            self._start(item, spec, plan, cgroup, processes, report_write, init_read, net, report_read)
             os.close(report_write)
             report_write = -1
             net.after_fork(processes.test_pid)
@@ -142,6 +150,7 @@ class Runtime:
         report_write: int,
         init_read: int,
         net: ContainerNetwork,
+        report_read: int,
     ) -> None:
         """Create init and the test process in a new PID namespace."""
         libc.unshare(libc.CLONE_NEWPID)
@@ -176,6 +185,7 @@ class Runtime:
                     routing=self.routing,
                     hardening=self.hardening,
                     net=net,
+                    close_fds=(*self.foreign_fds, report_read, init_read),
                     keep_layers=self.diff_wanted,
                 )
             processes.test_pid = test_pid
@@ -248,6 +258,27 @@ def _with_cpu_time(usage: Usage | None, cpu_seconds: float | None) -> Usage | No
     if cpu_seconds is None or (usage is not None and usage.cpu_seconds is not None):
         return usage
     return dataclasses.replace(usage or Usage(), cpu_seconds=cpu_seconds)
+
+
+def _fds_shared_with(pid: int) -> tuple[int, ...]:
+    """Our pipes and sockets whose other end is open in process ``pid``."""
+    def links(process: str) -> dict[str, int]:
+        found = {}
+        try:
+            names = os.listdir(f"/proc/{process}/fd")
+        except OSError:
+            return found
+        for name in names:
+            try:
+                target = os.readlink(f"/proc/{process}/fd/{name}")
+            except OSError:
+                continue
+            if target.startswith(("pipe:", "socket:")):
+                found[target] = int(name)
+        return found
+
+    theirs = links(str(pid))
+    return tuple(fd for target, fd in links("self").items() if target in theirs)
 
 
 def _die_with_xdist_controller() -> None:

@@ -194,20 +194,22 @@ def test_proc_dev_sys_tmp_path(pytester: pytest.Pytester) -> None:
 def test_disk_limit_gives_enospc(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
-        import errno
+        import errno, os
         from pytest_isolate import isolated
 
         @isolated(disk="8M")
         def test_fill():
             chunk = b"x" * (1 << 20)
-            with open("/var/tmp/fill", "wb") as f:
+            fd = os.open("/var/tmp/fill", os.O_WRONLY | os.O_CREAT)
+            try:
                 for _ in range(64):  # bounded: 64 MiB at most
                     try:
-                        f.write(chunk)
-                        f.flush()
+                        os.write(fd, chunk)
                     except OSError as error:
                         assert error.errno == errno.ENOSPC
                         return
+            finally:
+                os.close(fd)
             raise AssertionError("wrote 64 MiB into an 8 MiB layer")
         """
     )

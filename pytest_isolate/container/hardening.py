@@ -159,6 +159,7 @@ _RET_ALLOW = 0x7FFF0000
 _RET_ERRNO = 0x00050000
 _RET_KILL_PROCESS = 0x80000000
 _OFFSET_NR, _OFFSET_ARCH, _OFFSET_ARG0_LOW = 0, 4, 16
+_X32_SYSCALL_BIT = 0x40000000
 
 
 def seccomp_supported() -> bool:
@@ -183,6 +184,10 @@ def build_filter(arch: str, *, admin: bool = False) -> bytes:
         _instruction(_RET_K, 0, 0, _RET_KILL_PROCESS),
         _instruction(_LD_W_ABS, 0, 0, _OFFSET_NR),
     ]
+    if arch == "x86_64":
+        # x32 syscall numbers (nr | 0x40000000) reach the same kernel code
+        # under other numbers: refuse them all.
+        program += [_instruction(_JSET_K, 0, 1, _X32_SYSCALL_BIT), _instruction(_RET_K, 0, 0, _RET_ERRNO | errno.ENOSYS)]
     for number in denied:
         program += [_instruction(_JEQ_K, 0, 1, number), _instruction(_RET_K, 0, 0, eperm)]
     # clone3 hides its flags in memory the filter cannot read: ENOSYS makes

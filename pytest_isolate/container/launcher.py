@@ -84,6 +84,7 @@ def run_test_process(
     routing: ReportRouting,
     hardening: Hardening,
     net: ContainerNetwork,
+    close_fds: tuple[int, ...] = (),
     keep_layers: bool = False,
 ) -> NoReturn:
     """Body of the forked test process.  Never returns.
@@ -95,6 +96,14 @@ def run_test_process(
     try:
         # Only pytest may hold init's pipe, or init would outlive pytest.
         os.close(init_pipe_write_fd)
+        for fd in close_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        # A session of its own: no controlling terminal, so no TIOCSTI into
+        # the terminal pytest runs in, and /dev/tty refuses to open.
+        os.setsid()
         # prctl(2): fires when the *thread* that forked us exits; pytest
         # forks from the thread that runs tests, which outlives the test.
         libc.set_parent_death_signal(signal.SIGKILL)

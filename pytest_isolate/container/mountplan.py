@@ -42,7 +42,7 @@ DEV_SYMLINKS = {
 class MountOp:
     """One step.  ``target`` is a path inside the container."""
 
-    kind: str  # overlay | bind | tmpfs | sysfs | devpts | symlink | copy_file
+    kind: str  # overlay | bind | tmpfs | sysfs | devpts | symlink | copy_file | file
     target: str
     source: str | None = None  # host path for overlay (lower), bind and copy_file
     readonly: bool = False
@@ -57,6 +57,8 @@ class MountOp:
             return f"symlink {self.target} -> {self.source}"
         if self.kind == "copy_file":
             return f"copy {self.source} -> {self.target}"
+        if self.kind == "file":
+            return f"file {self.target} ({len(self.source or '')} bytes, outside the writable layer)"
         return f"{self.kind} {self.target}{' (read-only)' if self.readonly else ''}"
 
 
@@ -73,6 +75,10 @@ class MountPlan:
     def add_tmpfs(self, target: str, size: int | None = None) -> None:
         """An empty, writable tmpfs at ``target`` (counted in the test's memory)."""
         self.ops.append(MountOp("tmpfs", target, size=size))
+
+    def add_file(self, target: str, content: str) -> None:
+        """A file with ``content`` at ``target``, kept out of the writable layer (and of --isolate-diff)."""
+        self.ops.append(MountOp("file", target, source=content))
 
     def copy(self) -> MountPlan:
         return MountPlan(list(self.ops))

@@ -116,7 +116,6 @@ class ContainerNetwork:
                 listener.close()
         if spec.net_rate is not None:
             network.limit_rate(spec.net_rate)
-        network.write_hosts_file(spec.hostname)
         if self.theirs is not None:
             self.theirs.close()
             self.theirs = None

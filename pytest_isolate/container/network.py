@@ -10,7 +10,6 @@ before forking so the test process finds it loaded.
 from __future__ import annotations
 
 import fcntl
-import os
 import socket
 import struct
 
@@ -64,11 +63,6 @@ def open_listeners(endpoints: tuple[tuple[str, int], ...]) -> list[socket.socket
     return listeners
 
 
-def write_hosts_file(hostname: str) -> None:
+def hosts_file(hostname: str) -> str:
     """localhost resolves without the host's network (and the host's own names do not)."""
-    content = f"127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-    fd = os.open("/etc/hosts", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, content.encode())
-    finally:
-        os.close(fd)
+    return f"127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"

@@ -19,6 +19,7 @@ from pytest_isolate.errors import ContainerError
 # the private namespace only, so the host never sees anything in it.
 STAGE_DIR = "/run/pytest-isolate"
 NEW_ROOT = "root"
+INJECTED = "injected"  # files a plan adds to the root, as a lower layer
 
 
 def ensure_stage_dir() -> str:
@@ -40,6 +41,32 @@ class _Builder:
         self.stage = stage
         self.root = os.path.join(stage, NEW_ROOT)
         self.layers = 0
+        self.injected = False  # whether a lower layer of injected files exists
+        self.files = 0
+
+    def inject_files(self, ops: list[MountOp]) -> list[MountOp]:
+        """Put ``file`` ops for the root overlay into a lower layer of their own.
+
+        Above the host's root and below the writable layer: the test sees
+        ordinary files it may change or delete, and only its own changes
+        land in the writable layer (and in --isolate-diff).
+        """
+        submounts = [op.target for op in ops if op.kind == "overlay" and op.target != "/"]
+        remaining = []
+        for op in ops:
+            if op.kind == "file" and not any(op.target.startswith(m.rstrip("/") + "/") for m in submounts):
+                assert op.source is not None
+                path = _inside(os.path.join(self.stage, INJECTED), op.target)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    os.write(fd, op.source.encode())
+                finally:
+                    os.close(fd)
+                self.injected = True
+            else:
+                remaining.append(op)
+        return remaining
 
     def apply(self, op: MountOp) -> None:
         target = _inside(self.root, op.target)
@@ -52,7 +79,10 @@ class _Builder:
         os.mkdir(upper)
         os.mkdir(work)
         assert op.source is not None
-        options = f"lowerdir={_escape_layer(op.source)},upperdir={upper},workdir={work}"
+        lower = _escape_layer(op.source)
+        if op.target == "/" and self.injected:
+            lower = f"{_escape_layer(os.path.join(self.stage, INJECTED))}:{lower}"
+        options = f"lowerdir={lower},upperdir={upper},workdir={work}"
         if op.target == "/":
             os.mkdir(self.root)
         try:
@@ -98,6 +128,17 @@ class _Builder:
             libc.mount("/sys", target, None, libc.MS_BIND | libc.MS_REC)
             libc.mount(None, target, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
 
+    def _file(self, op: MountOp, target: str) -> None:
+        assert op.source is not None
+        self.files += 1
+        content = os.path.join(self.stage, f"f{self.files}")
+        fd = os.open(content, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, op.source.encode())
+        finally:
+            os.close(fd)
+        self._bind(MountOp("bind", op.target, source=content), target)
+
     def _symlink(self, op: MountOp, target: str) -> None:
         assert op.source is not None
         os.symlink(op.source, target)
@@ -118,7 +159,8 @@ def build_root(plan: MountPlan, stage: str, disk: int, *, keep_stage: bool = Fal
     libc.mount("tmpfs", stage, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, f"size={disk},mode=0755")
     stage_fd = os.open(stage, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) if keep_stage else None
     builder = _Builder(stage)
-    for op in plan.ops:
+    ops = builder.inject_files(plan.ops)
+    for op in ops:
         try:
             builder.apply(op)
         except OSError as error:
