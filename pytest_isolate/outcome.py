@@ -31,6 +31,7 @@ class ContainerResult:
     wall_seconds: float = 0.0
     changes: list[Change] | None = None  # files the test touched, with --isolate-diff
     reported_cpu_seconds: float | None = None  # the test process's own rusage, at "done"
+    limits_by: str | None = None  # "cgroup", "rlimit" (rootless fallback) or None (no limits)
 
     @property
     def error(self) -> dict[str, Any] | None:
@@ -102,6 +103,12 @@ NO_NETWORK_NOTE = (
 )
 
 
+RLIMIT_GUARANTEE = (
+    "rlimit (weaker than cgroups: mem as RLIMIT_AS bounds address space, not memory; "
+    "pids as RLIMIT_NPROC; cpu is not enforced)"
+)
+
+
 def looks_like_network_failure(longrepr_text: str) -> bool:
     return any(signature in longrepr_text for signature in _NETWORK_FAILURES)
 
@@ -118,6 +125,7 @@ def usage_properties(spec: IsolationSpec, result: ContainerResult) -> list[tuple
         ("isolate_cpu_limit", spec.cpu),
         ("isolate_budget_mem_bytes", spec.budget_mem),
         ("isolate_budget_cpu_seconds", spec.budget_cpu),
+        ("isolate_limits_enforced_by", RLIMIT_GUARANTEE if result.limits_by == "rlimit" else result.limits_by),
     ]
     return [(name, value) for name, value in candidates if value is not None]
 

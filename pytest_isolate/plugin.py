@@ -41,6 +41,10 @@ BUDGET_STRICT_HELP = "fail a passing isolated test that went over budget_mem or 
 REPORT_HELP = "after the run, show the greediest isolated tests by peak memory and by CPU time"
 REPORT_TOP_HELP = "how many tests the --isolate-report tables show (default 10)"
 NET_RANGE_HELP = 'the private range veth links of net="private" take addresses from (default 10.213.0.0/16)'
+LIMITS_FALLBACK_HELP = (
+    'rootless without a delegated cgroup: "rlimit" enforces mem and pids with rlimits (weaker, and said so '
+    "in the report); empty (default): such a test fails with what to run to get delegation"
+)
 JSON_HELP = "write every isolated test's limits, usage and outcome to this JSON file"
 COMPARE_HELP = "after the run, show the tests whose peak memory or CPU time grew against this earlier --isolate-json file"
 DIFF_HELP = "add to each isolated test's report the files it added (A), changed (C) and deleted (D)"
@@ -78,6 +82,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("isolate_report", REPORT_HELP, type="bool", default=False)
     parser.addini("isolate_report_top", REPORT_TOP_HELP, default="10")
     parser.addini("isolate_net_range", NET_RANGE_HELP, default="10.213.0.0/16")
+    parser.addini("isolate_limits_fallback", LIMITS_FALLBACK_HELP, default="")
     group.addoption("--isolate-json", metavar="PATH", default=None, help=JSON_HELP)
     group.addoption("--isolate-compare", metavar="OLD.json", default=None, help=COMPARE_HELP)
     parser.addini("isolate_compare_threshold", COMPARE_THRESHOLD_HELP, default="0.2")

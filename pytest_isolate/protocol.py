@@ -99,9 +99,9 @@ def report_setup_error(item: pytest.Item, message: str) -> None:
 
 def _run_container(runtime: Runtime, item: pytest.Item, spec: IsolationSpec) -> ContainerResult:
     try:
-        runtime.check_host(spec)
+        enforcement = runtime.check_host(spec)
         plan = runtime.plan_for(item, spec)
-        result = runtime.launch(item, spec, plan)
+        result = runtime.launch(item, spec, plan, rlimits=enforcement == "rlimit")
     except ContainerError as error:
         return ContainerResult(
             messages=[{"kind": "error", "stage": error.stage, "reason": error.reason, "advice": error.advice}]

@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
+import resource
 import select
 import signal
 import time
 import warnings
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NoReturn
 
 from pytest_isolate.channel import ChannelReader, ChannelWriter
 from pytest_isolate.container import fsdiff, libc, rootfs
@@ -23,18 +25,18 @@ from pytest_isolate.container.cgroups import CgroupBackend, TestCgroup, Usage, d
 from pytest_isolate.container.hardening import Hardening
 from pytest_isolate.container.netsetup import ContainerNetwork
 from pytest_isolate.container.network import hosts_file
-from pytest_isolate.container.launcher import run_test_process, spawn_init
+from pytest_isolate.container.launcher import ContainerJob, run_rootless_launcher, run_test_process, spawn_init
 from pytest_isolate.container.lifecycle import ContainerProcesses, Graveyard, kill
 from pytest_isolate.container.mountinfo import read_mounts
-from pytest_isolate.container.mountplan import MountOp, MountPlan, device_ops, host_mount_ops
+from pytest_isolate.container.mountplan import MountOp, MountPlan, device_ops, host_mount_ops, rootless_host_ops
 from pytest_isolate.errors import ContainerError
 from pytest_isolate.forwarding import ReportRouting
 from pytest_isolate.outcome import ContainerResult
+from pytest_isolate.spec import IsolationSpec
 
 if TYPE_CHECKING:
     import pytest
 
-    from pytest_isolate.spec import IsolationSpec
 
 # After a timeout kill, how long to wait for the pipe to close before giving up.
 KILL_GRACE_SECONDS = 10.0
@@ -47,8 +49,13 @@ class Runtime:
         self.budget_strict = budget_strict
         self.diff_wanted = diff_wanted
         self.diff_settings: tuple[bool, tuple[str, ...]] = (False, ())  # (show, fail prefixes)
-        self.cgroups: CgroupBackend | None = detect_backend() if os.geteuid() == 0 else None
-        self.host_ops: list[MountOp] = host_mount_ops(read_mounts())
+        # Not root: rootless containers, in a user namespace of our own.
+        self.rootless = os.geteuid() != 0
+        self.userns_problem = None if not self.rootless else _userns_problem()
+        self.cgroups: CgroupBackend | None = detect_backend()
+        self._cgroups_writable: bool | None = None if self.rootless else True
+        self.limits_fallback = str(config.getini("isolate_limits_fallback")).strip()
+        self.host_ops: list[MountOp] = (rootless_host_ops if self.rootless else host_mount_ops)(read_mounts())
         self.test_oom_score = _read_text("/proc/self/oom_score_adj", "0").strip()
         self.cleaned: list[str] = []
         self.routing = ReportRouting(config)
@@ -56,9 +63,8 @@ class Runtime:
         self.hardening = Hardening.for_this_host()
         # The PID namespace children go back to after each container.
         self.own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-        if os.geteuid() == 0:
-            rootfs.ensure_stage_dir()
-        if self.cgroups is not None:
+        self.stage = rootfs.ensure_stage_dir()
+        if self.cgroups is not None and not self.rootless:
             self.cleaned = self.cgroups.remove_stale_groups()
         # Descriptors the test process must not keep: a way back to pytest's
         # PID namespace, and (under xdist) the pipes to the controller, whose
@@ -81,16 +87,23 @@ class Runtime:
         item.config.hook.pytest_isolate_mount_plan(item=item, spec=spec, plan=plan)
         return plan
 
-    def check_host(self, spec: IsolationSpec) -> None:
-        """Refuse early, with the fix, what this host cannot do."""
-        if os.geteuid() != 0:
+    def check_host(self, spec: IsolationSpec) -> str | None:
+        """Refuse early, with the fix, what this host cannot do.
+
+        Returns how the test's limits are enforced: "cgroup", "rlimit"
+        (rootless, with isolate_limits_fallback = rlimit) or None (no limits).
+        """
+        if self.userns_problem is not None:
             raise ContainerError(
                 "create the container",
-                f"pytest runs as uid {os.geteuid()}, and mounting an overlay and creating "
-                "namespaces and cgroups needs root",
-                "run pytest as root (for example: sudo -E pytest ...)",
+                f"pytest runs as uid {os.geteuid()}, and this host does not let it create a user "
+                f"namespace ({self.userns_problem})",
+                "run pytest as root, or allow user namespaces (sysctl user.max_user_namespaces=15000; "
+                "on Ubuntu also kernel.apparmor_restrict_unprivileged_userns=0)",
             )
-        if spec.has_limits and self.cgroups is None:
+        if not spec.has_limits:
+            return None
+        if self.cgroups is None:
             raise ContainerError(
                 "set the test's limits",
                 "no usable cgroup hierarchy with the memory controller was found "
@@ -98,8 +111,34 @@ class Runtime:
                 "mount cgroup2 at /sys/fs/cgroup with the memory, cpu and pids controllers, "
                 "or drop mem=, cpu= and pids=",
             )
+        if self.cgroups_writable():
+            return "cgroup"
+        if self.limits_fallback == "rlimit":
+            return "rlimit"
+        advice = (
+            "run pytest in a cgroup delegated to you: systemd-run --user --scope -p Delegate=yes pytest ..."
+            if self.cgroups.version == 2
+            else "cgroup v1 cannot be delegated to a user: run pytest as root"
+        )
+        raise ContainerError(
+            "set the test's limits",
+            f"pytest runs as uid {os.geteuid()} and may not create cgroups here (cgroup v{self.cgroups.version})",
+            f"{advice}; or set isolate_limits_fallback = rlimit for weaker limits (RLIMIT_AS, RLIMIT_NPROC)",
+        )
 
-    def launch(self, item: pytest.Item, spec: IsolationSpec, plan: MountPlan) -> ContainerResult:
+    def cgroups_writable(self) -> bool:
+        """Rootless: whether a delegated cgroup lets us make the session group (tried once)."""
+        if self._cgroups_writable is None:
+            self._cgroups_writable = False
+            if self.cgroups is not None and self.cgroups.version == 2:
+                try:
+                    self.cgroups.create(IsolationSpec()).remove()
+                    self._cgroups_writable = True
+                except (ContainerError, OSError):
+                    pass
+        return self._cgroups_writable
+
+    def launch(self, item: pytest.Item, spec: IsolationSpec, plan: MountPlan, *, rlimits: bool = False) -> ContainerResult:
         """Run the item in a fresh container and return what happened.
 
         When this returns, the container's processes are dead or dying (a
@@ -107,16 +146,39 @@ class Runtime:
         for the last of them.
         """
         self.graveyard.sweep(block=False)
-        cgroup = self.cgroups.create(spec) if self.cgroups is not None else None
-        result = ContainerResult(messages=[])
+        cgroup = self._cgroup_for(spec)
+        result = ContainerResult(messages=[], limits_by="rlimit" if rlimits else ("cgroup" if cgroup else None))
         processes = ContainerProcesses()
         net = ContainerNetwork(spec, self.net_range)
         report_read, report_write = os.pipe()
         init_read, processes.init_write = os.pipe()
+        job = ContainerJob(
+            item=item,
+            spec=spec,
+            plan=plan,
+            cgroup=cgroup,
+            channel=ChannelWriter(report_write),
+            net=net,
+            pytest_pid=os.getpid(),
+            init_pipe_read=init_read,
+            init_pipe_write=processes.init_write,
+            close_fds=(*self.foreign_fds, report_read),
+            test_oom_score=self.test_oom_score,
+            routing=self.routing,
+            hardening=self.hardening,
+            stage=self.stage,
+            keep_layers=self.diff_wanted,
+            rootless=self.rootless,
+            rlimits=rlimits_for(spec) if rlimits else (),
+        )
         started = time.monotonic()
         finished_cleanly = False
         try:
-            self._start(item, spec, plan, cgroup, processes, report_write, init_read, net, report_read)
+            if self.rootless:
+                processes.test_pid = _fork(run_rootless_launcher, job)
+                processes.init_is_ours = False
+            else:
+                self._start_in_new_pid_namespace(job, processes)
             os.close(report_write)
             report_write = -1
             net.after_fork(processes.test_pid)
@@ -137,58 +199,24 @@ class Runtime:
                     result.usage = cgroup.usage()
                     cgroup.remove()
             result.usage = _with_cpu_time(result.usage, result.reported_cpu_seconds or processes.test_cpu_seconds)
-        result.status = processes.test_status if processes.test_status is not None else result.status
+        for message in result.messages:
+            if message["kind"] == "status":  # rootless: the launcher reports the test's
+                result.status = message["status"]
+        if result.status is None:
+            result.status = processes.test_status
         return result
 
-    def _start(
-        self,
-        item: pytest.Item,
-        spec: IsolationSpec,
-        plan: MountPlan,
-        cgroup: TestCgroup | None,
-        processes: ContainerProcesses,
-        report_write: int,
-        init_read: int,
-        net: ContainerNetwork,
-        report_read: int,
-    ) -> None:
-        """Create init and the test process in a new PID namespace."""
+    def _cgroup_for(self, spec: IsolationSpec) -> TestCgroup | None:
+        if self.cgroups is None or (self.rootless and not (spec.has_limits and self.cgroups_writable())):
+            return None  # rootless without a delegated cgroup: rusage measures, rlimits limit
+        return self.cgroups.create(spec)
+
+    def _start_in_new_pid_namespace(self, job: ContainerJob, processes: ContainerProcesses) -> None:
+        """As root: init and the test process, created straight into a new PID namespace."""
         libc.unshare(libc.CLONE_NEWPID)
-        test_pid = -1
         try:
-            processes.init_pid = spawn_init(init_read)
-            with warnings.catch_warnings():
-                # Python 3.12 warns about fork() in a process with threads
-                # (pytest-xdist's execnet has one); the child touches none
-                # of their locks, and filterwarnings=error must not turn the
-                # warning into an exception *after* the child exists.
-                warnings.simplefilter("ignore", DeprecationWarning)
-                # Frozen objects are skipped by the child's garbage
-                # collector, which would otherwise write to (and so copy)
-                # every page of pytest's objects it visits.  O(1) both ways.
-                gc.freeze()
-                try:
-                    test_pid = os.fork()
-                finally:
-                    if test_pid != 0:
-                        gc.unfreeze()
-            if test_pid == 0:
-                run_test_process(
-                    item=item,
-                    spec=spec,
-                    plan=plan,
-                    cgroup=cgroup,
-                    channel=ChannelWriter(report_write),
-                    pytest_pid=os.getppid(),
-                    init_pipe_write_fd=processes.init_write,
-                    test_oom_score=self.test_oom_score,
-                    routing=self.routing,
-                    hardening=self.hardening,
-                    net=net,
-                    close_fds=(*self.foreign_fds, report_read, init_read),
-                    keep_layers=self.diff_wanted,
-                )
-            processes.test_pid = test_pid
+            processes.init_pid = spawn_init(job.init_pipe_read)
+            processes.test_pid = _fork(run_test_process, job)
         finally:
             # Later children of this thread (subprocesses a fixture starts)
             # must stay in pytest's own PID namespace.
@@ -251,6 +279,46 @@ class Runtime:
             return False
         finally:
             os.close(test_exited)
+
+
+def rlimits_for(spec: IsolationSpec) -> tuple[tuple[int, int], ...]:
+    """The rlimit fallback: weaker than cgroups, and said so in the report."""
+    limits = []
+    if spec.mem is not None:
+        limits.append((resource.RLIMIT_AS, spec.mem))  # address space, not resident memory
+    if spec.pids is not None:
+        limits.append((resource.RLIMIT_NPROC, spec.pids))  # counted per user, in the user namespace
+    return tuple(limits)
+
+
+def _userns_problem() -> str | None:
+    from pytest_isolate.container import userns
+
+    works, why = userns.available()
+    return None if works else why
+
+
+def _fork(body: Callable[[ContainerJob], NoReturn], job: ContainerJob) -> int:
+    """Fork; the child runs ``body(job)`` and never returns."""
+    pid = -1
+    with warnings.catch_warnings():
+        # Python 3.12 warns about fork() in a process with threads (pytest-
+        # xdist's execnet has one); the child touches none of their locks,
+        # and filterwarnings=error must not turn the warning into an
+        # exception *after* the child exists.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        # Frozen objects are skipped by the child's garbage collector, which
+        # would otherwise write to (and so copy) every page of pytest's
+        # objects it visits.  O(1) both ways.
+        gc.freeze()
+        try:
+            pid = os.fork()
+        finally:
+            if pid != 0:
+                gc.unfreeze()
+    if pid == 0:
+        body(job)
+    return pid
 
 
 def _with_cpu_time(usage: Usage | None, cpu_seconds: float | None) -> Usage | None:

@@ -201,37 +201,49 @@ def test_precedence_ini_cli_marker(pytester: pytest.Pytester) -> None:
     run(pytester, "--isolate-hostname=from-cli").assert_outcomes(passed=2)
 
 
-def test_host_without_root_fails_each_test_with_advice(pytester: pytest.Pytester) -> None:
-    pytest.importorskip("pytest_isolate")
+@pytest.mark.requires("root", "cgroup_v1", "overlay")
+def test_rootless_mode() -> None:
+    """As an ordinary user: a rootless container, and limits refused with the way to get them."""
     import os
+    import shutil
+    import subprocess
+    import sys
 
-    if os.geteuid() != 0:
-        pytest.skip("checked as root: the run below drops to an unprivileged uid")
-    pytester.makepyfile(
-        """
-        from pytest_isolate import isolated
-
-        @isolated
-        def test_needs_root():
-            raise AssertionError("ran without isolation")
-        """
-    )
-    # Drop root in the child pytest only (setpriv is part of util-linux); it
-    # keeps the right to read files, so it can still run this venv's Python.
-    result = pytester.run(
-        "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-        "--inh-caps=+dac_override,+dac_read_search", "--ambient-caps=+dac_override,+dac_read_search",
-        __import__("sys").executable, "-m", "pytest", "-p", "no:cacheprovider", "-ra",
-        "-o", "cache_dir=/tmp", "--basetemp=/tmp/pytest-isolate-nobody",
-    )
-    assert failure_lines(result) == [
-        "ERROR test_host_without_root_fails_each_test_with_advice.py::test_needs_root - pytest-isolate could "
-        "not create the container: pytest runs as uid 65534, and mounting an overlay and creating namespaces "
-        "and cgroups needs root"
-    ]
-    result.stdout.fnmatch_lines(["run pytest as root (for example: sudo -E pytest ...)"])
-
-
+    # Outside pytest's temporary tree, which only root may enter.
+    project = __import__("pathlib").Path(f"/tmp/pytest-isolate-rootless-{os.getpid()}")
+    project.mkdir(mode=0o777, exist_ok=True)
+    try:
+        (project / "test_rootless.py").write_text(
+            "import os\n"
+            "from pytest_isolate import isolated\n\n"
+            "@isolated\n"
+            "def test_contained():\n"
+            "    assert os.getpid() == 2\n"
+            "    with open('/etc/rootless-probe', 'w') as handle:\n"
+            "        handle.write('x')\n\n"
+            "@isolated(mem='64M')\n"
+            "def test_limited():\n"
+            "    pass\n"
+        )
+        # Drop root in the child pytest only (setpriv is part of util-linux); the
+        # inherited right to read files lets it start this venv's Python.
+        result = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             "--inh-caps=+dac_override,+dac_read_search", "--ambient-caps=+dac_override,+dac_read_search",
+             sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-ra"],
+            cwd=project, capture_output=True, text=True, env={**os.environ, "COLUMNS": "1000"},
+        )
+        lines = result.stdout.splitlines()
+        assert not os.path.exists("/etc/rootless-probe")
+        assert [line for line in lines if line.startswith(("FAILED", "ERROR"))] == [
+            "ERROR test_rootless.py::test_limited - pytest-isolate could not set the test's limits: pytest runs "
+            "as uid 65534 and may not create cgroups here (cgroup v1)"
+        ], result.stdout
+        assert "cgroup v1 cannot be delegated to a user: run pytest as root; or set isolate_limits_fallback = " \
+            "rlimit for weaker limits (RLIMIT_AS, RLIMIT_NPROC)" in lines
+        assert "1 passed, 1 error" in lines[-1]
+    finally:
+        shutil.rmtree(project)
 @pytest.mark.requires(*CONTAINER)
 def test_subtests_reach_the_report(pytester: pytest.Pytester) -> None:
     if int(pytest.__version__.split(".")[0]) < 9:

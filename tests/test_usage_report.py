@@ -72,7 +72,7 @@ def test_summary_and_json(pytester: pytest.Pytester) -> None:
     spin = tests["test_greedy.py::test_spins_one_second"]
     assert spin["limits"]["cpu_cores"] == 0.25 and spin["outcome"] == "passed"
     assert 0.15 <= spin["usage"]["cpu_seconds"] <= 0.4
-    assert spin["usage"]["throttled_seconds"] > 0.3
+    assert spin["usage"]["throttled_seconds"] > 0.05  # less on a busy machine: contention also slows it
     big = tests["test_greedy.py::test_allocates_100m"]
     assert big["limits"]["mem_bytes"] == 512 << 20
     assert 100 << 20 <= big["usage"]["peak_memory_bytes"] <= 150 << 20

@@ -84,9 +84,11 @@ def mask_kernel_paths(files: tuple[str, ...], directories: tuple[str, ...], read
         libc.mount("/dev/null", path, None, libc.MS_BIND)
     for path in directories:
         libc.mount("tmpfs", path, "tmpfs", libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC, "mode=0555")
+    from pytest_isolate.container.rootfs import remount_read_only
+
     for path in read_only:
         libc.mount(path, path, None, libc.MS_BIND | libc.MS_REC)
-        libc.mount(None, path, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
+        remount_read_only(path)
 
 
 def drop_capabilities(keep: frozenset[str], last_capability: int) -> None:

@@ -1,5 +1,7 @@
 """The processes of one container.
 
+As root::
+
     pytest ─┬─ init (PID 1): /bin/sh, spawned, not forked
             └─ test (PID 2): a fork of pytest that builds the container,
                              then runs the test ── whatever the test starts
@@ -10,20 +12,29 @@ two process creations: ``unshare(CLONE_NEWPID)`` makes the next children of
 the calling thread members of a new namespace, and ``setns`` back to its
 own namespace undoes that at once (see ``runtime.Runtime.launch``).
 
+Rootless (pytest is not root), a user namespace must come first, and pytest
+cannot enter one itself (it has threads, and it must stay who it is)::
+
+    pytest ── launcher: user + other namespaces ─┬─ init (PID 1), spawned
+                                                 └─ test (PID 2), forked
+
+The launcher reports the test's wait status and ends init when the test ends.
+
 * **init** is a shell that ignores SIGCHLD, so the kernel reaps every orphan
   reparented to it, and waits for end-of-file on a pipe only pytest holds.
   When pytest closes it (the test ended) or dies (even by SIGKILL), init
   exits, and the kernel kills every process left in the namespace -
   daemons that called ``setsid()`` included.  Init is PID 1 so the test is
   not: PID 1 ignores signals it has no handler for, even ``raise(SIGSEGV)``.
-* **test** joins its cgroup, unshares the other namespaces, builds the root
-  filesystem, mounts ``/proc`` of its PID namespace, sets the hostname,
-  brings up loopback, then runs pytest's own runtest protocol and sends each
-  report to pytest as JSON.  Its wait status is the test's.
+* **test** builds the root filesystem, mounts ``/proc`` of its PID
+  namespace, sets the hostname, brings up its network, drops privileges,
+  then runs pytest's own runtest protocol and sends each report to pytest
+  as JSON.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import resource
 import signal
@@ -33,7 +44,7 @@ import traceback
 from typing import TYPE_CHECKING, NoReturn
 
 from pytest_isolate import coverage_bridge
-from pytest_isolate.container import libc, rootfs
+from pytest_isolate.container import libc, rootfs, userns
 from pytest_isolate.errors import ContainerError
 
 if TYPE_CHECKING:
@@ -42,8 +53,8 @@ if TYPE_CHECKING:
     from pytest_isolate.channel import ChannelWriter
     from pytest_isolate.container.cgroups import TestCgroup
     from pytest_isolate.container.hardening import Hardening
-    from pytest_isolate.container.netsetup import ContainerNetwork
     from pytest_isolate.container.mountplan import MountPlan
+    from pytest_isolate.container.netsetup import ContainerNetwork
     from pytest_isolate.forwarding import ReportRouting
     from pytest_isolate.spec import IsolationSpec
 
@@ -71,78 +82,143 @@ def spawn_init(pipe_read_fd: int) -> int:
     )
 
 
-def run_test_process(
-    *,
-    item: pytest.Item,
-    spec: IsolationSpec,
-    plan: MountPlan,
-    cgroup: TestCgroup | None,
-    channel: ChannelWriter,
-    pytest_pid: int,
-    init_pipe_write_fd: int,
-    test_oom_score: str,
-    routing: ReportRouting,
-    hardening: Hardening,
-    net: ContainerNetwork,
-    close_fds: tuple[int, ...] = (),
-    keep_layers: bool = False,
-) -> NoReturn:
-    """Body of the forked test process.  Never returns.
+@dataclasses.dataclass
+class ContainerJob:
+    """Everything one container's processes need, prepared by pytest before the fork."""
 
-    With ``keep_layers``, the process holds its writable layers open after
-    the test and waits to be killed, so pytest can read what it changed.
-    """
-    stage = "start the container"
-    try:
-        # Only pytest may hold init's pipe, or init would outlive pytest.
-        os.close(init_pipe_write_fd)
-        for fd in close_fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        # A session of its own: no controlling terminal, so no TIOCSTI into
-        # the terminal pytest runs in, and /dev/tty refuses to open.
-        os.setsid()
-        # prctl(2): fires when the *thread* that forked us exits; pytest
-        # forks from the thread that runs tests, which outlives the test.
-        libc.set_parent_death_signal(signal.SIGKILL)
-        if os.getppid() != pytest_pid:  # pytest died before prctl took effect
-            os._exit(1)
-        stage = "join the test's cgroup"
-        if cgroup is not None:
-            cgroup.attach()
-        stage = "create the container's namespaces"
-        flags = libc.CLONE_NEWNS | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC
-        if cgroup is not None:
-            flags |= libc.CLONE_NEWCGROUP
-        if spec.net.own_namespace:
-            flags |= libc.CLONE_NEWNET
-        cwd = os.getcwd()
-        libc.unshare(flags)
-        net.after_unshare()
-        stage = "build the container's filesystem"
-        stage_fd = rootfs.build_root(plan, rootfs.STAGE_DIR, spec.disk, keep_stage=keep_layers)
-        rootfs.mount_proc()
-        os.chdir(cwd)
-        stage = "set up the container's hostname and network"
-        socket.sethostname(spec.hostname)
-        if spec.net.own_namespace:
-            net.configure_inside()
-        _raise_oom_score(test_oom_score)
-        stage = "drop the test's privileges"
-        hardening.apply(spec.caps)
-    except ContainerError as error:
-        channel.send("error", stage=error.stage, reason=error.reason, advice=error.advice)
+    item: pytest.Item
+    spec: IsolationSpec
+    plan: MountPlan
+    cgroup: TestCgroup | None
+    channel: ChannelWriter
+    net: ContainerNetwork
+    pytest_pid: int
+    init_pipe_read: int
+    init_pipe_write: int
+    close_fds: tuple[int, ...]
+    test_oom_score: str
+    routing: ReportRouting
+    hardening: Hardening
+    stage: str  # the host directory the container's tmpfs is mounted on
+    keep_layers: bool = False  # hold the writable layers open for --isolate-diff
+    rootless: bool = False
+    rlimits: tuple[tuple[int, int], ...] = ()  # the fallback when cgroups cannot limit
+
+
+def run_test_process(job: ContainerJob) -> NoReturn:
+    """As root: the forked test process (pytest already made the PID namespace)."""
+    with _reported(job.channel) as step:
+        step("start the container")
+        # pytest is outside our PID namespace: getppid() shows it as 0.
+        _leave_pytest(job, parent=0)
+        step("join the test's cgroup")
+        if job.cgroup is not None:
+            job.cgroup.attach()
+        step("create the container's namespaces")
+        libc.unshare(_namespace_flags(job))
+        job.net.after_unshare()
+        stage_fd = _build_container(job, step)
+    _run_test(job, stage_fd)
+
+
+def run_rootless_launcher(job: ContainerJob) -> NoReturn:
+    """Rootless: the forked launcher makes the namespaces, init and the test."""
+    with _reported(job.channel) as step:
+        step("start the container")
+        _leave_pytest(job, parent=job.pytest_pid)
+        step("create the container's user namespace")
+        userns.enter_as_root()
+        step("create the container's namespaces")
+        libc.unshare(_namespace_flags(job) | libc.CLONE_NEWPID)
+        job.net.after_unshare()
+        init_pid = spawn_init(job.init_pipe_read)
+        test_pid = os.fork()
+        if test_pid == 0:
+            with _reported(job.channel) as step:
+                libc.set_parent_death_signal(signal.SIGKILL)
+                stage_fd = _build_container(job, step)
+            _run_test(job, stage_fd)
+        _, status = os.waitpid(test_pid, 0)
+        # The test ended: so does its namespace (pytest may not have closed
+        # init's pipe yet, for a test that crashed).
+        os.kill(init_pid, signal.SIGKILL)
+        os.waitpid(init_pid, 0)
+        job.channel.send("status", status=status)
+    os._exit(0)
+
+
+def _namespace_flags(job: ContainerJob) -> int:
+    flags = libc.CLONE_NEWNS | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC
+    if job.cgroup is not None:
+        flags |= libc.CLONE_NEWCGROUP
+    if job.spec.net.own_namespace:
+        flags |= libc.CLONE_NEWNET
+    return flags
+
+
+def _leave_pytest(job: ContainerJob, *, parent: int) -> None:
+    """Drop what belongs to pytest, and die with it."""
+    # Only pytest may hold init's pipe, or init would outlive pytest.
+    os.close(job.init_pipe_write)
+    for fd in job.close_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    # A session of its own: no controlling terminal, so no TIOCSTI into the
+    # terminal pytest runs in, and /dev/tty refuses to open.
+    os.setsid()
+    # prctl(2): fires when the *thread* that forked us exits; pytest forks
+    # from the thread that runs tests, which outlives the test.
+    libc.set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != parent:  # pytest died before prctl took effect
         os._exit(1)
-    except OSError as error:
-        reason = f"{error.strerror or error}" + (f" ({error.filename})" if error.filename else "")
-        channel.send("error", stage=stage, reason=reason, advice=_advice(error))
+
+
+def _build_container(job: ContainerJob, step) -> int | None:  # type: ignore[no-untyped-def]
+    """In the test process, inside the namespaces: the container itself."""
+    spec = job.spec
+    cwd = os.getcwd()
+    step("build the container's filesystem")
+    stage_fd = rootfs.build_root(job.plan, job.stage, spec.disk, keep_stage=job.keep_layers, rootless=job.rootless)
+    os.chdir(cwd)
+    step("set up the container's hostname and network")
+    socket.sethostname(spec.hostname)
+    if spec.net.own_namespace:
+        job.net.configure_inside()
+    _raise_oom_score(job.test_oom_score)
+    for limit, value in job.rlimits:
+        resource.setrlimit(limit, (value, value))
+    step("drop the test's privileges")
+    job.hardening.apply(spec.caps)
+    return stage_fd
+
+
+class _reported:
+    """Turn any failure of the container machinery into an "error" message, then exit."""
+
+    def __init__(self, channel: ChannelWriter) -> None:
+        self.channel = channel
+        self.stage = "start the container"
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        def step(stage: str) -> None:
+            self.stage = stage
+
+        return step
+
+    def __exit__(self, kind, error, _traceback) -> bool:  # type: ignore[no-untyped-def]
+        if error is None:
+            return False
+        if isinstance(error, ContainerError):
+            self.channel.send("error", stage=error.stage, reason=error.reason, advice=error.advice)
+        elif isinstance(error, OSError):
+            reason = f"{error.strerror or error}" + (f" ({error.filename})" if error.filename else "")
+            self.channel.send("error", stage=self.stage, reason=reason, advice=_advice(error))
+        else:
+            text = "".join(traceback.format_exception(kind, error, _traceback))
+            self.channel.send("error", stage=self.stage, reason=text, advice="")
         os._exit(1)
-    except BaseException:
-        channel.send("error", stage=stage, reason=traceback.format_exc(), advice="")
-        os._exit(1)
-    _run_test(item, channel, routing, stage_fd)
 
 
 def _raise_oom_score(inherited: str) -> None:
@@ -155,21 +231,22 @@ def _raise_oom_score(inherited: str) -> None:
 
 def _advice(error: OSError) -> str:
     if error.errno in (1, 13):  # EPERM, EACCES
-        return "creating namespaces, mounts and cgroups needs root: run pytest as root"
+        return "creating namespaces, mounts and cgroups needs root (or user namespaces): see `pytest-isolate info`"
     return ""
 
 
-def _run_test(item: pytest.Item, channel: ChannelWriter, routing: ReportRouting, stage_fd: int | None) -> NoReturn:
+def _run_test(job: ContainerJob, stage_fd: int | None) -> NoReturn:
+    channel = job.channel
     code = 0
     try:
-        routing.apply(channel)
-        item.ihook.pytest_runtest_protocol(item=item, nextitem=item.parent)
+        job.routing.apply(channel)
+        job.item.ihook.pytest_runtest_protocol(item=job.item, nextitem=job.item.parent)
         measured = coverage_bridge.collect()
         if measured is not None:
             channel.send("coverage", data=measured)
         _flush_std_streams()
         # Everything is reported: pytest may end the container from here on.
-        channel.send("done", stage_fd=stage_fd, cpu_seconds=_cpu_seconds())
+        channel.send("done", stage_fd=stage_fd, cpu_seconds=_cpu_seconds(), peak_rss=_peak_rss())
         if stage_fd is not None:
             while True:  # until pytest has read the layers and ends the namespace
                 signal.pause()
@@ -185,6 +262,12 @@ def _cpu_seconds() -> float:
     """CPU time of this process and the children it waited for (cgroup-free measure)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _peak_rss() -> int:
+    """The largest resident set of this process or a child it waited for, in bytes."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return max(own.ru_maxrss, children.ru_maxrss) * 1024
 
 
 def _flush_std_streams() -> None:

@@ -37,6 +37,7 @@ class ContainerProcesses:
     test_status: int | None = None
     test_cpu_seconds: float | None = None  # from wait4: the test process and children it waited for
     init_reaped: bool = False
+    init_is_ours: bool = True  # rootless: init is the launcher's child, not pytest's
 
     def end_namespace(self) -> None:
         if self.init_write >= 0:
@@ -53,7 +54,7 @@ class ContainerProcesses:
         return True
 
     def reap_init(self, *, block: bool = True) -> bool:
-        if not self.init_reaped and self.init_pid:
+        if not self.init_reaped and self.init_pid and self.init_is_ours:
             pid, _ = os.waitpid(self.init_pid, 0 if block else os.WNOHANG)
             if pid == 0:
                 return False

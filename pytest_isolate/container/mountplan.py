@@ -42,7 +42,7 @@ DEV_SYMLINKS = {
 class MountOp:
     """One step.  ``target`` is a path inside the container."""
 
-    kind: str  # overlay | bind | tmpfs | sysfs | devpts | symlink | copy_file | file
+    kind: str  # root_dir | overlay | bind | tmpfs | sysfs | devpts | mkdir | symlink | copy_file | file
     target: str
     source: str | None = None  # host path for overlay (lower), bind and copy_file
     readonly: bool = False
@@ -111,6 +111,44 @@ def host_mount_ops(entries: list[MountEntry]) -> list[MountOp]:
             # A single-file bind mount (resolv.conf in a container): overlay
             # needs a directory, so the file's content is copied into the upper.
             ops.append(MountOp("copy_file", mount_point, source=mount_point))
+    return ops
+
+
+def rootless_host_ops(entries: list[MountEntry]) -> list[MountOp]:
+    """The host's root for a rootless container, one overlay per subtree.
+
+    In a user namespace the kernel refuses to use a directory as an overlay
+    lower layer while mounts it did not make sit below it ("locked" mounts:
+    they could hide what is underneath).  ``/`` always has some (``/proc``),
+    so the container's root is a directory of its own, and each top-level
+    entry of the host gets an overlay, a symlink or a copy; a directory with
+    mounts below it is walked one level deeper.
+    """
+    mount_points = {entry.mount_point for entry in entries if entry.mount_point != "/"}
+    kernel = {entry.mount_point for entry in entries if entry.fstype in KERNEL_FSTYPES}
+    ops = [MountOp("root_dir", "/")]
+
+    def walk(directory: str) -> None:
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:
+            return
+        for name in names:
+            path = os.path.join(directory, name)
+            if path in FRESH_TREES or path in kernel:
+                ops.append(MountOp("mkdir", path))
+            elif os.path.islink(path):
+                ops.append(MountOp("symlink", path, source=os.readlink(path)))
+            elif os.path.isdir(path):
+                if any(point.startswith(path + "/") for point in mount_points):
+                    ops.append(MountOp("mkdir", path))
+                    walk(path)
+                else:
+                    ops.append(MountOp("overlay", path, source=path))
+            elif os.path.isfile(path):
+                ops.append(MountOp("copy_file", path, source=path))
+
+    walk("/")
     return ops
 
 

@@ -22,9 +22,30 @@ NEW_ROOT = "root"
 INJECTED = "injected"  # files a plan adds to the root, as a lower layer
 
 
+def stage_dir() -> str:
+    """Root's is under /run; a user's is its own, under /tmp (decided in pytest, before any namespace)."""
+    return STAGE_DIR if os.geteuid() == 0 else f"/tmp/pytest-isolate-{os.geteuid()}"
+
+
 def ensure_stage_dir() -> str:
-    os.makedirs(STAGE_DIR, mode=0o700, exist_ok=True)
-    return STAGE_DIR
+    path = stage_dir()
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+def remount_read_only(target: str) -> None:
+    """Make a bind mount read-only, keeping its other flags.
+
+    In a user namespace, flags inherited from a more privileged mount
+    (nosuid, nodev, noexec) are locked: a remount that would clear them is
+    refused, so they are passed along.
+    """
+    flags = libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY
+    current = os.statvfs(target).f_flag
+    for st_flag, ms_flag in ((os.ST_NOSUID, libc.MS_NOSUID), (os.ST_NODEV, libc.MS_NODEV), (os.ST_NOEXEC, libc.MS_NOEXEC)):
+        if current & st_flag:
+            flags |= ms_flag
+    libc.mount(None, target, None, flags)
 
 
 def _escape_layer(path: str) -> str:
@@ -37,8 +58,11 @@ def _inside(root: str, path: str) -> str:
 
 
 class _Builder:
-    def __init__(self, stage: str) -> None:
+    def __init__(self, stage: str, rootless: bool = False) -> None:
         self.stage = stage
+        # Overlay in a user namespace must keep its whiteouts and opaque
+        # marks in user.* xattrs: trusted.* are root's of the host only.
+        self.overlay_extra = ",userxattr" if rootless else ""
         self.root = os.path.join(stage, NEW_ROOT)
         self.layers = 0
         self.injected = False  # whether a lower layer of injected files exists
@@ -82,9 +106,11 @@ class _Builder:
         lower = _escape_layer(op.source)
         if op.target == "/" and self.injected:
             lower = f"{_escape_layer(os.path.join(self.stage, INJECTED))}:{lower}"
-        options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+        options = f"lowerdir={lower},upperdir={upper},workdir={work}{self.overlay_extra}"
         if op.target == "/":
             os.mkdir(self.root)
+        else:
+            os.makedirs(target, exist_ok=True)
         try:
             libc.mount("overlay", target, "overlay", 0, options)
         except OSError:
@@ -93,7 +119,15 @@ class _Builder:
             # Some filesystems (FUSE, NFS with odd options) refuse to be a
             # lower layer: show them read-only rather than not at all.
             libc.mount(op.source, target, None, libc.MS_BIND | libc.MS_REC)
-            libc.mount(None, target, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
+            remount_read_only(target)
+
+    def _root_dir(self, op: MountOp, target: str) -> None:
+        # A directory of the stage tmpfs, made a mount point for pivot_root.
+        os.mkdir(target)
+        libc.mount(target, target, None, libc.MS_BIND)
+
+    def _mkdir(self, op: MountOp, target: str) -> None:
+        os.makedirs(target, exist_ok=True)
 
     def _bind(self, op: MountOp, target: str) -> None:
         assert op.source is not None
@@ -104,7 +138,7 @@ class _Builder:
             os.close(os.open(target, os.O_WRONLY | os.O_CREAT, 0o644))
         libc.mount(op.source, target, None, libc.MS_BIND | libc.MS_REC)
         if op.readonly:
-            libc.mount(None, target, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
+            remount_read_only(target)
 
     def _tmpfs(self, op: MountOp, target: str) -> None:
         os.makedirs(target, exist_ok=True)
@@ -126,7 +160,7 @@ class _Builder:
             # Without our own network namespace the kernel refuses a fresh
             # sysfs; show the host's read-only instead.
             libc.mount("/sys", target, None, libc.MS_BIND | libc.MS_REC)
-            libc.mount(None, target, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
+            remount_read_only(target)
 
     def _file(self, op: MountOp, target: str) -> None:
         assert op.source is not None
@@ -145,11 +179,19 @@ class _Builder:
 
     def _copy_file(self, op: MountOp, target: str) -> None:
         assert op.source is not None
-        with open(op.source, "rb") as source, open(target, "wb") as copy:
-            copy.write(source.read())
+        try:
+            with open(op.source, "rb") as source:
+                content = source.read()
+        except OSError:
+            return  # unreadable for this user: absent in the container, as good as unreadable
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, content)
+        finally:
+            os.close(fd)
 
 
-def build_root(plan: MountPlan, stage: str, disk: int, *, keep_stage: bool = False) -> int | None:
+def build_root(plan: MountPlan, stage: str, disk: int, *, keep_stage: bool = False, rootless: bool = False) -> int | None:
     """Mount everything under ``stage``, then make it ``/``.
 
     With ``keep_stage``, return an ``O_PATH`` descriptor of the tmpfs that
@@ -158,13 +200,17 @@ def build_root(plan: MountPlan, stage: str, disk: int, *, keep_stage: bool = Fal
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
     libc.mount("tmpfs", stage, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, f"size={disk},mode=0755")
     stage_fd = os.open(stage, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) if keep_stage else None
-    builder = _Builder(stage)
+    builder = _Builder(stage, rootless)
     ops = builder.inject_files(plan.ops)
     for op in ops:
         try:
             builder.apply(op)
         except OSError as error:
             raise mount_error(op, error) from None
+    # /proc of our PID namespace, mounted while the host's /proc is still in
+    # view: in a user namespace the kernel allows a new proc (and sysfs)
+    # only where a fully visible one already exists.
+    mount_proc(os.path.join(builder.root, "proc"))
     try:
         # pivot_root(".", ".") stacks the old root under the new one, so no
         # directory for it is needed; detaching it then hides the host.
@@ -177,11 +223,12 @@ def build_root(plan: MountPlan, stage: str, disk: int, *, keep_stage: bool = Fal
     return stage_fd
 
 
-def mount_proc() -> None:
-    """Mount /proc for the calling process's PID namespace (call as its PID 1)."""
+def mount_proc(target: str = "/proc") -> None:
+    """Mount the proc of the calling process's PID namespace (call from inside it)."""
     flags = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
     try:
-        libc.mount("proc", "/proc", "proc", flags)
+        os.makedirs(target, exist_ok=True)
+        libc.mount("proc", target, "proc", flags)
     except OSError as error:
         raise mount_error(MountOp("proc", "/proc"), error) from None
 
