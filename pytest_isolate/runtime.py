@@ -101,6 +101,13 @@ class Runtime:
                 "run pytest as root, or allow user namespaces (sysctl user.max_user_namespaces=15000; "
                 "on Ubuntu also kernel.apparmor_restrict_unprivileged_userns=0)",
             )
+        if self.rootless and spec.net.mode == "private":
+            raise ContainerError(
+                "create the container's private network link",
+                f"pytest runs as uid {os.geteuid()}, and a veth link to the host needs root "
+                "(CAP_NET_ADMIN in the host's network namespace)",
+                'run pytest as root, or reach a host service with net=["127.0.0.1:PORT"]',
+            )
         if not spec.has_limits:
             return None
         if self.cgroups is None:

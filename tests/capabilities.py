@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import os
 
-ALL = ("root", "overlay", "cgroup", "cgroup_v1", "cgroup_v2", "netns")
+ALL = ("root", "overlay", "cgroup", "cgroup_v1", "cgroup_v2", "netns", "rootless")
 
 
 def _mounts() -> list[tuple[str, str, set[str]]]:
@@ -45,6 +45,14 @@ def has(capability: str) -> bool:
         return has("cgroup_v1") or has("cgroup_v2")
     if capability == "netns":
         return os.path.exists("/proc/self/ns/net")
+    if capability == "rootless":
+        # Not root, and the kernel lets us make a user namespace (where our
+        # user is root): what rootless containers need.
+        if os.geteuid() == 0:
+            return False
+        from pytest_isolate.container.userns import available
+
+        return available()[0]
     raise ValueError(f"unknown capability {capability!r}; known: {', '.join(ALL)}")
 
 
