@@ -86,6 +86,16 @@ class ReportRouting:
         for name in ROUTED_HOOKS:
             others = [impl.plugin for impl in getattr(config.hook, name).get_hookimpls() if impl.plugin not in keep]
             self.callers[name] = manager.subset_hook_caller(name, remove_plugins=others)
+        # The test runs once in its container: plugins that take the whole
+        # protocol over (pytest-rerunfailures' attempts, which pytest drives
+        # from outside) step aside there; wrappers (warnings, faulthandler)
+        # and pytest's own runner stay.
+        takers = [
+            impl.plugin
+            for impl in config.hook.pytest_runtest_protocol.get_hookimpls()
+            if not (impl.hookwrapper or getattr(impl, "wrapper", False)) and impl.plugin_name not in ("runner", "isolate")
+        ]
+        self.callers["pytest_runtest_protocol"] = manager.subset_hook_caller("pytest_runtest_protocol", remove_plugins=takers)
 
     def apply(self, channel: ChannelWriter) -> None:
         """In the test process: send reports to ``channel`` instead of reporting them."""

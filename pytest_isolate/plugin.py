@@ -143,6 +143,10 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[SETTINGS_KEY] = read_settings(config)
     except SpecError as error:
         raise pytest.UsageError(str(error)) from None
+    if config.pluginmanager.hasplugin("rerunfailures"):
+        from pytest_isolate import rerun
+
+        rerun.install(config, _isolated_attempt)
     if not hasattr(config, "workerinput"):  # the process that prints and writes files
         from pytest_isolate.usage_report import UsageReporter, wanted
 
@@ -205,20 +209,44 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
     if forwarding.inside_container or SPEC_KEY not in item.stash:
         return None  # not isolated, or already inside the container
+    from pytest_isolate import rerun
     from pytest_isolate.protocol import report_setup_error, run_isolated
 
+    if rerun.drives(item):
+        return None  # its loop calls _isolated_attempt once per attempt
+    spec = _spec_to_run(item)
+    if isinstance(spec, str):
+        report_setup_error(item, spec)
+        return True
+    run_isolated(_runtime(item.config), item, nextitem, spec)
+    return True
+
+
+def _spec_to_run(item: pytest.Item) -> IsolationSpec | str:
+    """The item's spec after the modify hook, or the error message to report."""
     spec = item.stash[SPEC_KEY]
     if isinstance(spec, SpecError):
-        report_setup_error(item, str(spec))
-        return True
+        return str(spec)
     modified = item.config.hook.pytest_isolate_modify_spec(item=item, spec=spec)
     if modified is not None and not isinstance(modified, IsolationSpec):
-        report_setup_error(
-            item, f"pytest_isolate_modify_spec returned {modified!r} for {item.nodeid}; expected an IsolationSpec or None"
-        )
-        return True
-    run_isolated(_runtime(item.config), item, nextitem, modified or spec)
-    return True
+        return f"pytest_isolate_modify_spec returned {modified!r} for {item.nodeid}; expected an IsolationSpec or None"
+    return modified or spec
+
+
+def _isolated_attempt(item: pytest.Item, nextitem: pytest.Item | None, log: bool) -> list[pytest.TestReport] | None:
+    """One attempt of an isolated item for pytest-rerunfailures (None: not ours)."""
+    if SPEC_KEY not in item.stash or forwarding.inside_container:
+        return None
+    from pytest_isolate import rerun
+    from pytest_isolate.protocol import _failed_report_for, isolated_runtestprotocol
+
+    spec = _spec_to_run(item)
+    if isinstance(spec, str):
+        return _failed_report_for(item, spec, log)
+    rerun.begin_attempt(item)
+    reports = isolated_runtestprotocol(_runtime(item.config), item, nextitem, spec, log=log)
+    rerun.record_attempt(item, reports)
+    return reports
 
 
 def _runtime(config: pytest.Config) -> Runtime:

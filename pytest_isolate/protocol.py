@@ -45,9 +45,33 @@ _RERAISE = (pytest.exit.Exception, KeyboardInterrupt)
 
 
 def run_isolated(runtime: Runtime, item: pytest.Item, nextitem: pytest.Item | None, spec: IsolationSpec) -> None:
+    """The whole protocol of one isolated test, logged as pytest logs any test."""
     ihook = item.ihook
     ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    try:
+        isolated_runtestprotocol(runtime, item, nextitem, spec, log=True)
+    finally:
+        ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+
+
+def isolated_runtestprotocol(
+    runtime: Runtime, item: pytest.Item, nextitem: pytest.Item | None, spec: IsolationSpec, *, log: bool
+) -> list[pytest.TestReport]:
+    """``runtestprotocol`` for an isolated test: one attempt, its reports returned.
+
+    With ``log``, each report is logged as soon as it is final, so ``-x``
+    sees a failure before the wider fixtures are torn down (as in pytest).
+    Without, the caller logs them (pytest-rerunfailures does, per attempt).
+    """
+    ihook = item.ihook
+    logged: list[pytest.TestReport] = []
     warnings_seen: list[dict[str, Any]] = []
+
+    def emit(report: pytest.TestReport) -> None:
+        logged.append(report)
+        if log:
+            ihook.pytest_runtest_logreport(report=report)
+
     try:
         with _capture(item, "setup"):
             setup = pytest.CallInfo.from_call(lambda: scopes.setup_wider_fixtures(item), when="setup", reraise=_RERAISE)
@@ -60,7 +84,7 @@ def run_isolated(runtime: Runtime, item: pytest.Item, nextitem: pytest.Item | No
             _apply_changes(item, result, reports, *runtime.diff_settings)
         child_teardown = reports.pop() if reports and reports[-1].when == "teardown" else None
         for report in reports:
-            ihook.pytest_runtest_logreport(report=report)
+            emit(report)
         if item.session.shouldfail or item.session.shouldstop:
             nextitem = None  # as runtestprotocol: tear everything down (#11706)
         with _capture(item, "teardown"):
@@ -74,10 +98,9 @@ def run_isolated(runtime: Runtime, item: pytest.Item, nextitem: pytest.Item | No
         else:
             final = child_teardown
             final.sections.extend(_parent_sections(item, "teardown"))
-        ihook.pytest_runtest_logreport(report=final)
+        emit(final)
     finally:
         scopes.release_request(item)
-        ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     for message in warnings_seen:
         ihook.pytest_warning_recorded.call_historic(
             kwargs=dict(
@@ -87,6 +110,14 @@ def run_isolated(runtime: Runtime, item: pytest.Item, nextitem: pytest.Item | No
                 location=None,
             )
         )
+    return logged
+
+
+def _failed_report_for(item: pytest.Item, message: str, log: bool) -> list[pytest.TestReport]:
+    report = _failed_report(item, "setup", message, [], ContainerResult(messages=[]))
+    if log:
+        item.ihook.pytest_runtest_logreport(report=report)
+    return [report]
 
 
 def report_setup_error(item: pytest.Item, message: str) -> None:

@@ -40,6 +40,8 @@ def _wider_fixture_names(item: pytest.Item) -> list[str]:
 def setup_wider_fixtures(item: pytest.Item) -> None:
     """Set up the item's collectors and wider-scoped fixtures in this process."""
     state = item.session._setupstate
+    if hasattr(item, "_request") and not item._request:  # type: ignore[attr-defined]
+        item._initrequest()  # type: ignore[attr-defined]  # a rerun, as runtestprotocol does
     request = getattr(item, "_request", None)
 
     def restricted_setup() -> None:

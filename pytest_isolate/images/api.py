@@ -84,11 +84,11 @@ def _imported_requests(name: str, tag: dict[str, Any]) -> list[LayerRequest]:
         )
 
     keys = [str(key) for key in tag["layers"]]
-    return [
-        LayerRequest(key, keys[number - 1] if number else None, name, f"layer {number + 1}", f"imported layer {number + 1}",
-                     "", cannot_rebuild)  # fmt: skip
-        for number, key in enumerate(keys)
-    ]
+    requests = []
+    for number, key in enumerate(keys, 1):
+        parent = keys[number - 2] if number > 1 else None
+        requests.append(LayerRequest(key, parent, name, f"layer {number}", f"imported layer {number}", "", cannot_rebuild))
+    return requests
 
 
 def _image_layers(name: str, dirs: list[str], cache: LayerCache) -> tuple[list[LayerRequest], str, str]:

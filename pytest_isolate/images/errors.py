@@ -74,7 +74,11 @@ class ImageBuildError(ImageError):
         self.output_tail = output_tail
         self.log = log
         status = f"exit status {returncode}" if returncode >= 0 else f"signal {-returncode}"
-        lines = [f"building image {image!r} failed at {step} ({status}): {command}"]
+        headline = f"building image {image!r} failed at {step} ({status})"
+        if "\n" in command.strip():
+            lines = [f"{headline}:"] + [f"  $ {line}" for line in command.strip().splitlines()]
+        else:
+            lines = [f"{headline}: {command.strip()}"]
         if output_tail:
             lines.append(f"last {len(output_tail)} line(s) of its output:")
             lines += [f"  | {line}" for line in output_tail]

@@ -10,6 +10,7 @@ extracted by ``safetar``, confined to the layer directory.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -59,10 +60,14 @@ class _Source:
         self.members: dict[str, tarfile.TarInfo] = {}
         if not os.path.isdir(path):
             try:
-                self.tar = tarfile.open(path, "r:*")
+                self.tar = tarfile.open(path, "r:*")  # noqa: SIM115 - closed by close()
                 self.members = {posixpath.normpath(m.name): m for m in self.tar}
             except (OSError, tarfile.TarError) as error:
                 raise ArchiveError(path, f"not a directory and not a readable tar file ({error})") from None
+
+    def close(self) -> None:
+        if self.tar is not None:
+            self.tar.close()
 
     def exists(self, name: str) -> bool:
         return name in self.members if self.tar else os.path.isfile(os.path.join(self.path, name))
@@ -124,7 +129,7 @@ def _oci_layers(source: _Source) -> list[_Layer]:
         name = _blob_name(descriptor["digest"], source)
         if not source.exists(name):
             raise ArchiveError(source.path, "a layer blob is missing (a foreign or non-distributable layer?)", name)
-        layers.append(_Layer(descriptor["digest"], lambda name=name: source.open(name), True, True))
+        layers.append(_Layer(descriptor["digest"], functools.partial(source.open, name), True, True))
     return layers
 
 
@@ -135,7 +140,7 @@ def _docker_layers(source: _Source) -> list[_Layer]:
         raise ArchiveError(source.path, f"a docker save archive with {count} images; save exactly one")
     layers = []
     for name in manifest[0].get("Layers") or []:
-        layers.append(_Layer(_file_digest(source.open(name)), lambda name=name: source.open(name), False, True))
+        layers.append(_Layer(_file_digest(source.open(name)), functools.partial(source.open, name), False, True))
     return layers
 
 
@@ -147,20 +152,21 @@ def _file_digest(handle: IO[bytes]) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
-def archive_layers(path: str) -> tuple[str, list[_Layer]]:
-    """What kind of archive ``path`` is, and its layers bottom first."""
-    if not os.path.exists(path):
-        raise ArchiveError(path, "no such file or directory")
-    source = _Source(path)
+def archive_layers(source: _Source) -> tuple[str, list[_Layer]]:
+    """What kind of archive ``source`` is, and its layers bottom first."""
     if source.exists("oci-layout") and source.exists("index.json"):
         return "OCI image layout", _oci_layers(source)
     if source.exists("manifest.json"):
         return "docker save archive", _docker_layers(source)
     if source.tar is None:
-        raise ArchiveError(path, "a directory without oci-layout and index.json; a ready root directory "
+        raise ArchiveError(source.path, "a directory without oci-layout and index.json; a ready root directory "
                            "needs no import: pass its path as the rootfs")  # fmt: skip
-    source.tar.close()
-    return "rootfs tarball", [_Layer(_file_digest(open(path, "rb")), lambda: open(path, "rb"), False, False)]
+    path = source.path
+
+    def opener() -> IO[bytes]:
+        return open(path, "rb")
+
+    return "rootfs tarball", [_Layer(_file_digest(opener()), opener, False, False)]
 
 
 def _fill(layer: _Layer, archive: str, workdir: str) -> None:
@@ -175,19 +181,29 @@ def _fill(layer: _Layer, archive: str, workdir: str) -> None:
 
 def import_image(name: str, path: str, cache: LayerCache, progress: Progress) -> list[str]:
     """Import ``path`` as image ``name``; returns its layer keys, bottom first."""
-    kind, layers = archive_layers(path)
+    if not os.path.exists(path):
+        raise ArchiveError(path, "no such file or directory")
+    source = _Source(path)
+    try:
+        return _import_layers(name, source, cache, progress)
+    finally:
+        source.close()
+
+
+def _import_layers(name: str, source: _Source, cache: LayerCache, progress: Progress) -> list[str]:
+    kind, layers = archive_layers(source)
     if not layers:
-        raise ArchiveError(path, "the image has no layers")
-    archive = os.path.abspath(path)
+        raise ArchiveError(source.path, "the image has no layers")
+    archive = os.path.abspath(source.path)
     cache.create()
     keys: list[str] = []
     for number, layer in enumerate(layers, 1):
         parent = keys[-1] if keys else None
         key = layer_key(parent, {"import": layer.digest, "whiteouts": layer.whiteouts})
         label = f"import {kind} layer {layer.digest[:19]}"
-        source = json.dumps({"import": archive, "kind": kind, "digest": layer.digest})
-        request = LayerRequest(key, parent, name, f"layer {number}", label, source,
-                               lambda workdir, layer=layer: _fill(layer, archive, workdir))  # fmt: skip
+        origin = json.dumps({"import": archive, "kind": kind, "digest": layer.digest})
+        fill = functools.partial(_fill, layer, archive)
+        request = LayerRequest(key, parent, name, f"layer {number}", label, origin, fill)
         cache.ensure(request, f"[{number}/{len(layers)}] {name}", progress)
         keys.append(key)
     cache.write_tag(name, "import", keys, archive)

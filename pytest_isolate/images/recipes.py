@@ -34,9 +34,8 @@ BUILTIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipes"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 # Debian package names (policy 5.6.1), optionally with =version or /release.
 PACKAGE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9+.-]+([=/][A-Za-z0-9.+~:-]+)?$")
-MMDEBSTRAP_VARIANTS = (
-    "extract custom essential apt required minbase buildd important debootstrap standard".split()
-)
+MMDEBSTRAP_VARIANTS = ("extract", "custom", "essential", "apt", "required", "minbase", "buildd", "important",
+                       "debootstrap", "standard")  # fmt: skip
 TOP_KEYS = ("name", "description", "base", "parent", "steps")
 BASE_KEYS = ("tool", "suite", "variant", "include", "mirror")
 MAX_DEPTH = 64

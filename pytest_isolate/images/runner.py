@@ -55,7 +55,7 @@ def run_sandboxed(command: list[str], log_path: str, env: dict[str, str], shown:
         log.flush()
         header = log.tell()
         result = subprocess.run(
-            SANDBOX + command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
+            SANDBOX + command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, check=False
         )
     return result.returncode, tail(log_path, start=header)
 

@@ -39,13 +39,13 @@ OPAQUE = ".wh..wh..opq"
 KEPT_XATTR_PREFIXES = ("security.capability", "user.")
 
 
-def _confine(name: str, archive: str) -> str:
-    """The member's path relative to the layer ("" for the root), or refuse it."""
+def _confine(name: str, archive: str, member: str | None = None, what: str = "") -> str:
+    """``name`` relative to the layer ("" for the root), or refuse the member."""
     if name.startswith("/"):
-        raise ArchiveError(archive, "absolute paths are not allowed in an image layer", name)
+        raise ArchiveError(archive, f"{what}absolute paths are not allowed in an image layer", member or name)
     parts = [part for part in name.split("/") if part not in ("", ".")]
     if ".." in parts:
-        raise ArchiveError(archive, "'..' in a path would write outside the layer", name)
+        raise ArchiveError(archive, f"{what}'..' in a path would write outside the layer", member or name)
     return "/".join(parts)
 
 
@@ -137,7 +137,7 @@ class LayerExtractor:
             raise ArchiveError(self.archive, f"unsupported tar entry type {member.type!r}", member.name)
 
     def _hardlink(self, member: tarfile.TarInfo, target: str) -> None:
-        linked = _confine(member.linkname, self.archive)
+        linked = _confine(member.linkname, self.archive, member.name, f"hard link to {member.linkname!r}: ")
         if linked not in self.written:
             raise ArchiveError(self.archive, f"hard link to {member.linkname!r}, which is not an earlier "
                                "entry of this layer", member.name)  # fmt: skip
