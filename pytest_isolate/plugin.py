@@ -237,16 +237,12 @@ def _isolated_attempt(item: pytest.Item, nextitem: pytest.Item | None, log: bool
     """One attempt of an isolated item for pytest-rerunfailures (None: not ours)."""
     if SPEC_KEY not in item.stash or forwarding.inside_container:
         return None
-    from pytest_isolate import rerun
     from pytest_isolate.protocol import _failed_report_for, isolated_runtestprotocol
 
     spec = _spec_to_run(item)
     if isinstance(spec, str):
         return _failed_report_for(item, spec, log)
-    rerun.begin_attempt(item)
-    reports = isolated_runtestprotocol(_runtime(item.config), item, nextitem, spec, log=log)
-    rerun.record_attempt(item, reports)
-    return reports
+    return isolated_runtestprotocol(_runtime(item.config), item, nextitem, spec, log=log)
 
 
 def _runtime(config: pytest.Config) -> Runtime:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_isolate import coverage_bridge, scopes
+from pytest_isolate import coverage_bridge, rerun, scopes
 from pytest_isolate.container import fsdiff
 from pytest_isolate.errors import ContainerError
 from pytest_isolate.forwarding import rebuild_warning
@@ -66,8 +66,13 @@ def isolated_runtestprotocol(
     ihook = item.ihook
     logged: list[pytest.TestReport] = []
     warnings_seen: list[dict[str, Any]] = []
+    rerunfailures = item.config.pluginmanager.hasplugin("rerunfailures")
+    if rerunfailures:
+        rerun.begin_attempt(item)
 
     def emit(report: pytest.TestReport) -> None:
+        if rerunfailures:
+            rerun.record_attempt(item, [report])
         logged.append(report)
         if log:
             ihook.pytest_runtest_logreport(report=report)
