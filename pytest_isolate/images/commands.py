@@ -29,7 +29,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _size(size: int) -> str:
-    return f"{size / (1 << 20):.1f} MiB"
+    return f"{size / (1 << 20):.1f} MiB" if size >= 1 << 20 else f"{size / 1024:.0f} KiB"
 
 
 def _table(rows: list[list[str]]) -> str:
