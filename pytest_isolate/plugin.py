@@ -29,7 +29,8 @@ HELP = {
     "net": 'false (default): only the container\'s own loopback; true or "host": the host\'s network; '
     '"private": a veth link to the host; "127.0.0.1:5432,localhost:6379": loopback plus these host services',
     "hostname": 'hostname inside the container (default "isolated")',
-    "rootfs": 'root filesystem of the container: "host" (default, an overlay snapshot of /)',
+    "rootfs": 'root filesystem of the container: "host" (default, an overlay snapshot of /), an image '
+    'name (rootfs-images/, isolate_images) such as "debian-bookworm", or a directory',
     "disk": 'size of the container\'s writable layer (default "1G"); past it writes fail with ENOSPC',
     "budget_mem": "soft memory bound of each isolated test: a passing test above it is reported (see --isolate-budget-strict)",
     "budget_cpu": "soft bound on the CPU seconds of each isolated test: a passing test above it is reported",
@@ -45,6 +46,8 @@ LIMITS_FALLBACK_HELP = (
     'rootless without a delegated cgroup: "rlimit" enforces mem and pids with rlimits (weaker, and said so '
     "in the report); empty (default): such a test fails with what to run to get delegation"
 )
+IMAGES_HELP = "directories with your own image recipes (*.toml), searched before the built-in ones"
+CACHE_HELP = "where built image layers are kept (default: $PYTEST_ISOLATE_CACHE or ~/.cache/pytest-isolate)"
 JSON_HELP = "write every isolated test's limits, usage and outcome to this JSON file"
 COMPARE_HELP = "after the run, show the tests whose peak memory or CPU time grew against this earlier --isolate-json file"
 DIFF_HELP = "add to each isolated test's report the files it added (A), changed (C) and deleted (D)"
@@ -83,6 +86,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("isolate_report_top", REPORT_TOP_HELP, default="10")
     parser.addini("isolate_net_range", NET_RANGE_HELP, default="10.213.0.0/16")
     parser.addini("isolate_limits_fallback", LIMITS_FALLBACK_HELP, default="")
+    parser.addini("isolate_images", IMAGES_HELP, type="paths", default=[])
+    parser.addini("isolate_cache", CACHE_HELP, default="")
     group.addoption("--isolate-json", metavar="PATH", default=None, help=JSON_HELP)
     group.addoption("--isolate-compare", metavar="OLD.json", default=None, help=COMPARE_HELP)
     parser.addini("isolate_compare_threshold", COMPARE_THRESHOLD_HELP, default="0.2")

@@ -14,6 +14,7 @@ import os
 import resource
 import select
 import signal
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -28,7 +29,14 @@ from pytest_isolate.container.network import hosts_file
 from pytest_isolate.container.launcher import ContainerJob, run_rootless_launcher, run_test_process, spawn_init
 from pytest_isolate.container.lifecycle import ContainerProcesses, Graveyard, kill
 from pytest_isolate.container.mountinfo import read_mounts
-from pytest_isolate.container.mountplan import MountOp, MountPlan, device_ops, host_mount_ops, rootless_host_ops
+from pytest_isolate.container.mountplan import (
+    MountOp,
+    MountPlan,
+    device_ops,
+    host_mount_ops,
+    image_ops,
+    rootless_host_ops,
+)
 from pytest_isolate.errors import ContainerError
 from pytest_isolate.forwarding import ReportRouting
 from pytest_isolate.outcome import ContainerResult
@@ -60,6 +68,7 @@ class Runtime:
         self.cleaned: list[str] = []
         self.routing = ReportRouting(config)
         self.graveyard = Graveyard()
+        self._images: dict[str, list[str]] = {}
         self.hardening = Hardening.for_this_host()
         # The PID namespace children go back to after each container.
         self.own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
@@ -81,11 +90,36 @@ class Runtime:
             self.cgroups.remove_session_group()
 
     def plan_for(self, item: pytest.Item, spec: IsolationSpec) -> MountPlan:
-        plan = MountPlan(self.host_ops + device_ops(shm_size=spec.disk) + [MountOp("sysfs", "/sys", readonly=True)])
+        root = self.host_ops if spec.rootfs == "host" else image_ops(self.image_layers(spec.rootfs), self._python_paths())
+        plan = MountPlan(root + device_ops(shm_size=spec.disk) + [MountOp("sysfs", "/sys", readonly=True)])
         if spec.net.own_namespace:
             plan.add_file("/etc/hosts", hosts_file(spec.hostname))
         item.config.hook.pytest_isolate_mount_plan(item=item, spec=spec, plan=plan)
         return plan
+
+    def image_layers(self, name: str) -> list[str]:
+        """An image's layers, topmost first; built (once, under a lock) if not cached."""
+        if name not in self._images:
+            from pytest_isolate.images import ImageError, resolve_layers
+
+            extra = [str(path) for path in self.config.getini("isolate_images")]
+            cache = str(self.config.getini("isolate_cache")).strip() or None
+            try:
+                self._images[name] = resolve_layers(name, extra, cache_dir=cache, progress=self._progress)
+            except ImageError as error:
+                raise ContainerError("prepare the root filesystem image", str(error)) from None
+        return self._images[name]
+
+    def _progress(self, line: str) -> None:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"pytest-isolate: {line}")
+
+    def _python_paths(self) -> list[str]:
+        """What the forked test's Python reads, kept at its host path in an image."""
+        paths = {sys.base_prefix, sys.prefix, sys.exec_prefix, str(self.config.rootpath), os.getcwd()}
+        paths.update(entry for entry in sys.path if entry and os.path.isdir(entry))
+        return sorted(paths)
 
     def check_host(self, spec: IsolationSpec) -> str | None:
         """Refuse early, with the fix, what this host cannot do.

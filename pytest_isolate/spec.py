@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -156,11 +157,22 @@ def parse_hostname(value: object) -> str:
     return value
 
 
+_IMAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
 def parse_rootfs(value: object) -> str:
-    expected = '"host" (an overlay snapshot of the host\'s own root)'
-    if value != "host":
+    """"host", an image name (a recipe or an imported image), or a directory."""
+    expected = (
+        '"host" (an overlay snapshot of the host\'s own root), an image name from rootfs-images/ or '
+        'isolate_images such as "debian-bookworm", or the path of a directory'
+    )
+    if not isinstance(value, str):
         raise _Invalid(expected)
-    return value
+    if value == "host" or _IMAGE_NAME.match(value):
+        return value
+    if "/" in value and os.path.isdir(value):
+        return os.path.abspath(value)
+    raise _Invalid(expected + ("; no such directory" if "/" in value else ""))
 
 
 def parse_caps(value: object) -> frozenset[str]:

@@ -573,3 +573,60 @@ def test_tar_entries_outside_helpers_are_plain(tmp_path):
         add_entry(tar, "s", tarfile.SYMTYPE, "/abs")
     with tarfile.open(archive) as tar:
         assert [(m.name, m.linkname) for m in tar] == [("../up", ""), ("s", "/abs")]
+
+
+# -- the plugin: rootfs= -------------------------------------------------------
+
+
+def test_isolated_test_runs_in_an_image(shipped: Shipped, pytester: pytest.Pytester) -> None:
+    from helpers import run
+
+    base_rootfs = shipped.base[-1]
+    before = sorted(os.listdir(os.path.join(base_rootfs, "etc")))
+    pytester.makepyfile(
+        f"""
+        import os, subprocess, sys
+        from pytest_isolate import isolated
+
+        @isolated(rootfs="debian-bookworm")
+        def test_debian_inside():
+            assert open("/etc/debian_version").read().startswith("12")
+            image_python = subprocess.run(["python3", "-c", "import ssl, sys; print(sys.version_info[:2])"],
+                                          capture_output=True, text=True)
+            assert image_python.stdout.strip() == "(3, 11)", image_python
+            assert os.path.isdir(sys.prefix)  # the test's own Python stays at its host path
+            with open("/etc/written-in-the-image", "w") as handle:
+                handle.write("discarded")
+            assert os.getpid() == 2
+
+        @isolated(rootfs="debian-bookworm-tools")
+        def test_second_layer():
+            assert subprocess.run(["ps", "-e"], capture_output=True, text=True).stdout.count("\\n") >= 2
+
+        @isolated(rootfs={base_rootfs!r})
+        def test_directory_as_rootfs():
+            assert os.path.exists("/etc/debian_version")
+        """
+    )
+    result = run(pytester, "-o", f"isolate_cache={shipped.cache}")
+    result.assert_outcomes(passed=3)
+    assert sorted(os.listdir(os.path.join(base_rootfs, "etc"))) == before
+
+
+def test_unknown_image_is_a_clear_error(shipped: Shipped, pytester: pytest.Pytester) -> None:
+    from helpers import failure_lines, run
+
+    pytester.makepyfile(
+        """
+        from pytest_isolate import isolated
+
+        @isolated(rootfs="no-such-image")
+        def test_it():
+            pass
+        """
+    )
+    (line,) = failure_lines(run(pytester, "-o", f"isolate_cache={shipped.cache}"))
+    assert line.startswith(
+        "ERROR test_unknown_image_is_a_clear_error.py::test_it - pytest-isolate could not prepare the root "
+        "filesystem image: no image named 'no-such-image'"
+    ), line

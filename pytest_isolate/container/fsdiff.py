@@ -34,13 +34,13 @@ class Change:
         return f"{self.kind} {self.path}"
 
 
-def overlay_layers(plan: MountPlan) -> list[tuple[str, str, str]]:
-    """(upper directory name, container path, host lower path) per overlay, as rootfs numbers them."""
+def overlay_layers(plan: MountPlan) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(upper directory name, container path, host lower paths) per overlay, as rootfs numbers them."""
     layers = []
     for op in plan.ops:
         if op.kind == "overlay":
             assert op.source is not None
-            layers.append((f"u{len(layers) + 1}", op.target, op.source))
+            layers.append((f"u{len(layers) + 1}", op.target, op.layers or (op.source,)))
     return layers
 
 
@@ -54,17 +54,17 @@ def read_changes(stage: str, plan: MountPlan) -> list[Change]:
     return sorted(changes)
 
 
-def _layer_changes(upper: str, target: str, lower: str) -> Iterator[Change]:
+def _layer_changes(upper: str, target: str, lowers: tuple[str, ...]) -> Iterator[Change]:
     for current, dirs, files in os.walk(upper):
         relative_dir = os.path.relpath(current, upper)
         for name in sorted(dirs + files):
             relative = os.path.normpath(os.path.join(relative_dir, name))
             in_upper = os.lstat(os.path.join(current, name))
             in_container = os.path.join(target, relative)
-            in_lower = os.path.join(lower, relative)
+            in_lower = any(os.path.lexists(os.path.join(lower, relative)) for lower in lowers)
             if stat.S_ISCHR(in_upper.st_mode) and in_upper.st_rdev == 0:
                 yield Change(in_container, "D")
-            elif not os.path.lexists(in_lower):
+            elif not in_lower:
                 yield Change(in_container, "A")
             elif not stat.S_ISDIR(in_upper.st_mode):
                 yield Change(in_container, "C")

@@ -47,8 +47,11 @@ class MountOp:
     source: str | None = None  # host path for overlay (lower), bind and copy_file
     readonly: bool = False
     size: int | None = None  # tmpfs size in bytes
+    layers: tuple[str, ...] = ()  # overlay lower layers, topmost first (an image); default: source
 
     def describe(self) -> str:
+        if self.kind == "overlay" and self.layers:
+            return f"overlay {self.target} (image of {len(self.layers)} layer(s), upper on tmpfs)"
         if self.kind == "overlay":
             return f"overlay {self.target} (lower {self.source}, upper on tmpfs)"
         if self.kind == "bind":
@@ -149,6 +152,23 @@ def rootless_host_ops(entries: list[MountEntry]) -> list[MountOp]:
                 ops.append(MountOp("copy_file", path, source=path))
 
     walk("/")
+    return ops
+
+
+def image_ops(layers: list[str], host_paths: list[str]) -> list[MountOp]:
+    """An image's layers as the root, and the host paths the test's Python needs on top.
+
+    The interpreter, its venv and the project stay at their host paths
+    (writable, with the writes thrown away), so the forked test keeps
+    working; /usr, /etc and the rest come from the image.
+    """
+    ops = [MountOp("overlay", "/", source=layers[0], layers=tuple(layers))]
+    covered: list[str] = []
+    for path in sorted(set(host_paths), key=lambda p: (p.count("/"), p)):
+        if path in ("/", "") or _under(path, covered) or _under(path, FRESH_TREES):
+            continue
+        covered.append(path)
+        ops.append(MountOp("overlay", path, source=path))
     return ops
 
 

@@ -103,7 +103,7 @@ class _Builder:
         os.mkdir(upper)
         os.mkdir(work)
         assert op.source is not None
-        lower = _escape_layer(op.source)
+        lower = ":".join(_escape_layer(layer) for layer in op.layers) if op.layers else _escape_layer(op.source)
         if op.target == "/" and self.injected:
             lower = f"{_escape_layer(os.path.join(self.stage, INJECTED))}:{lower}"
         options = f"lowerdir={lower},upperdir={upper},workdir={work}{self.overlay_extra}"
