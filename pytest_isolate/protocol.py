@@ -26,9 +26,9 @@ from pytest_isolate.container import fsdiff
 from pytest_isolate.errors import ContainerError
 from pytest_isolate.forwarding import rebuild_warning
 from pytest_isolate.outcome import (
+    NO_NETWORK_NOTE,
     SECTION,
     ContainerResult,
-    NO_NETWORK_NOTE,
     IsolateBudgetWarning,
     budget_overruns,
     crash_message,

@@ -24,8 +24,6 @@ from pytest_isolate.channel import ChannelReader, ChannelWriter
 from pytest_isolate.container import fsdiff, libc, rootfs
 from pytest_isolate.container.cgroups import CgroupBackend, TestCgroup, Usage, detect_backend
 from pytest_isolate.container.hardening import Hardening
-from pytest_isolate.container.netsetup import ContainerNetwork
-from pytest_isolate.container.network import hosts_file
 from pytest_isolate.container.launcher import ContainerJob, run_rootless_launcher, run_test_process, spawn_init
 from pytest_isolate.container.lifecycle import ContainerProcesses, Graveyard, kill
 from pytest_isolate.container.mountinfo import read_mounts
@@ -37,6 +35,8 @@ from pytest_isolate.container.mountplan import (
     image_ops,
     rootless_host_ops,
 )
+from pytest_isolate.container.netsetup import ContainerNetwork
+from pytest_isolate.container.network import hosts_file
 from pytest_isolate.errors import ContainerError
 from pytest_isolate.forwarding import ReportRouting
 from pytest_isolate.outcome import ContainerResult

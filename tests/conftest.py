@@ -3,7 +3,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from capabilities import has, required_by_environment
 
 pytest_plugins = ["pytester"]

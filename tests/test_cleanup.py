@@ -10,7 +10,6 @@ import time
 import uuid
 
 import pytest
-
 from conftest import CONTAINER
 from helpers import CgroupSandbox, run, snapshot_host
 from test_limits import _processes_with

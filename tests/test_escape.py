@@ -20,7 +20,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from conftest import CONTAINER
 from helpers import ARGS, failure_lines
 

@@ -8,7 +8,6 @@ import time
 import uuid
 
 import pytest
-
 from conftest import CONTAINER
 from helpers import failure_lines, guard_conftest, run
 

@@ -11,7 +11,6 @@ import subprocess
 import threading
 
 import pytest
-
 from conftest import CONTAINER
 from helpers import failure_lines, run
 

@@ -10,7 +10,6 @@ import os
 import re
 
 import pytest
-
 from helpers import failure_lines, run
 
 pytestmark = pytest.mark.requires("rootless", "overlay", "netns")

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import CONTAINER
 from helpers import failure_lines, guard_conftest, run
 
@@ -166,11 +165,8 @@ def test_filesystem_diff_and_diff_fail(pytester: pytest.Pytester) -> None:
     )
     shown = run(pytester, "--isolate-diff", "-rP")
     shown.assert_outcomes(passed=2)
-    section = shown.outlines[shown.outlines.index(next(l for l in shown.outlines if "test_touches_etc" in l and l.startswith("_"))) :]
-    start = next(i for i, line in enumerate(section) if "pytest-isolate: files changed" in line)
-    assert section[start + 1 : start + 4] == ["C /etc/hostname", "D /etc/motd", "A /etc/pytest-isolate-x"]
-    nothing = shown.outlines[next(i for i, l in enumerate(shown.outlines) if "test_touches_nothing" in l and l.startswith("_")) :]
-    assert nothing[nothing.index(next(l for l in nothing if "files changed" in l)) + 1] == "none"
+    assert _changes_of(shown.outlines, "test_touches_etc") == ["C /etc/hostname", "D /etc/motd", "A /etc/pytest-isolate-x"]
+    assert _changes_of(shown.outlines, "test_touches_nothing") == ["none"]
 
     failed = run(pytester, "--isolate-diff-fail=/etc,/usr")
     failed.assert_outcomes(passed=1, failed=1)
@@ -179,6 +175,14 @@ def test_filesystem_diff_and_diff_fail(pytester: pytest.Pytester) -> None:
         "C /etc/hostname, D /etc/motd, A /etc/pytest-isolate-x"
     ]
     assert os.path.exists("/etc/motd") and not os.path.exists("/etc/pytest-isolate-x")
+
+
+def _changes_of(lines: list[str], test: str) -> list[str]:
+    """The lines of a test's "files changed" section in the PASSES output."""
+    header = next(i for i, line in enumerate(lines) if test in line and line.startswith("_"))
+    start = next(i for i in range(header, len(lines)) if "pytest-isolate: files changed" in lines[i])
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith(("_", "=", "-")))
+    return lines[start + 1 : end]
 
 
 def test_coverage_counts_lines_run_in_containers(pytester: pytest.Pytester) -> None:

@@ -37,7 +37,7 @@ def mmdebstrap_version(cache_root: str | None) -> str:
     try:
         result = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60, check=True)
     except (OSError, subprocess.SubprocessError) as error:
-        raise MissingToolError("a working mmdebstrap", f"{path} --version failed ({error}); {INSTALL_MMDEBSTRAP}")
+        raise MissingToolError("a working mmdebstrap", f"{path} --version failed ({error}); {INSTALL_MMDEBSTRAP}") from None
     version = result.stdout.strip()
     if memo_path and cache_root:
         try:
