@@ -67,8 +67,18 @@ def echo_server():
     server.close()
 
 
-def _our_links() -> list[str]:
-    return [name for _, name in socket.if_nameindex() if name.startswith("iso")]
+def _links_of(network_range: str) -> list[str]:
+    """The host ends of veth links the plugin made in ``network_range`` that still exist.
+
+    Each test gives its run a range of its own: other tests (xdist workers of
+    this suite) may hold links in theirs at the same time.
+    """
+    import ipaddress
+
+    from pytest_isolate.container.hostlink import link_name
+
+    names = {link_name(subnet, "h") for subnet in ipaddress.IPv4Network(network_range).subnets(new_prefix=30)}
+    return [name for _, name in socket.if_nameindex() if name in names]
 
 
 def test_forwarded_host_service(pytester: pytest.Pytester, echo_server: EchoServer) -> None:
@@ -129,7 +139,7 @@ def test_private_link(pytester: pytest.Pytester) -> None:
             @isolated(net="private")
             def test_reaches_the_host_end():
                 host = os.environ["ISOLATE_HOST_ADDR"]
-                assert host.startswith("10.213.")
+                assert host.startswith("10.213.200.")
                 with socket.create_connection((host, {server.port}), timeout=5) as conn:
                     conn.sendall(b"hi\\n")
                     assert conn.recv(100) == b"echo:hi\\n"
@@ -138,11 +148,11 @@ def test_private_link(pytester: pytest.Pytester) -> None:
                 assert any(line.split()[1] == "00000000" for line in routes)  # a default route
             """
         )
-        run(pytester).assert_outcomes(passed=1)
+        run(pytester, "-o", "isolate_net_range=10.213.200.0/24").assert_outcomes(passed=1)
         assert server.accepted == 1
     finally:
         server.close()
-    assert _our_links() == []
+    assert _links_of("10.213.200.0/24") == []
 
 
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
@@ -158,13 +168,15 @@ def test_hundred_private_tests_leave_no_links(pytester: pytest.Pytester, workers
             assert os.environ["ISOLATE_HOST_ADDR"]
         """
     )
-    result = run(pytester, *workers)
+    network_range = "10.213.201.0/24" if workers else "10.213.202.0/24"
+    result = run(pytester, *workers, "-o", f"isolate_net_range={network_range}")
     result.assert_outcomes(passed=100)
-    assert _our_links() == []
+    assert _links_of(network_range) == []
 
 
 def test_host_network_with_net_true(pytester: pytest.Pytester) -> None:
-    host_links = sorted(name for _, name in socket.if_nameindex())
+    # veth links of other tests come and go meanwhile: compare the rest.
+    host_links = sorted(name for _, name in socket.if_nameindex() if not name.startswith("iso"))
     pytester.makepyfile(
         f"""
         import socket
@@ -172,7 +184,7 @@ def test_host_network_with_net_true(pytester: pytest.Pytester) -> None:
 
         @isolated(net=True)
         def test_sees_host_links():
-            assert sorted(name for _, name in socket.if_nameindex()) == {host_links!r}
+            assert sorted(n for _, n in socket.if_nameindex() if not n.startswith("iso")) == {host_links!r}
         """
     )
     run(pytester).assert_outcomes(passed=1)

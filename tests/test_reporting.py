@@ -106,7 +106,9 @@ def test_junitxml_and_failure_of_isolated_test(pytester: pytest.Pytester) -> Non
         ("cpu=-1", "@isolated(cpu=-1) is invalid: expected a number of cores from 0.01 up, such as 0.5 or 2"),
         ("pids=0", "@isolated(pids=0) is invalid: expected a whole number of processes from 1 up, such as 64"),
         ("timeout=0", "@isolated(timeout=0) is invalid: expected seconds of wall time greater than 0, such as 30 or 2.5"),
-        ('rootfs="alpine"', "@isolated(rootfs='alpine') is invalid: expected \"host\" (an overlay snapshot of the host's own root)"),
+        ('rootfs="/no/such/dir"', "@isolated(rootfs='/no/such/dir') is invalid: expected \"host\" (an overlay snapshot "
+         "of the host's own root), an image name from rootfs-images/ or isolate_images such as \"debian-bookworm\", "
+         "or the path of a directory; no such directory"),
         ("memory=1", "@isolated got an unknown argument memory=1; the accepted arguments are mem, cpu, pids, "
          "timeout, net, hostname, rootfs, disk, caps, budget_mem, budget_cpu, net_rate"),
         ('"64M"', "@isolated(positional argument='64M') is invalid: expected keyword arguments only, e.g. @isolated(mem=\"64M\")"),

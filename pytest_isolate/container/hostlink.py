@@ -30,11 +30,11 @@ class HostLink:
 
     @property
     def host_name(self) -> str:
-        return f"iso{self.number}h"
+        return link_name(self.subnet, "h")
 
     @property
     def peer_name(self) -> str:
-        return f"iso{self.number}c"
+        return link_name(self.subnet, "c")
 
     @property
     def host_address(self) -> str:
@@ -77,6 +77,14 @@ class HostLink:
         if self.lock_fd >= 0:
             os.close(self.lock_fd)
             self.lock_fd = -1
+
+
+def link_name(subnet: ipaddress.IPv4Network, end: str) -> str:
+    """Named after the subnet, not the range: links of different ranges never clash.
+
+    The /30's number in the IPv4 space fits IFNAMSIZ: "iso" + up to 10 digits + end.
+    """
+    return f"iso{int(subnet.network_address) >> 2}{end}"
 
 
 def allocate(network_range: str) -> HostLink:
