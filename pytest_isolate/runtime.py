@@ -9,7 +9,6 @@ dead run's leftovers - is done here once.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import os
 import resource
 import select
@@ -348,15 +347,7 @@ def _fork(body: Callable[[ContainerJob], NoReturn], job: ContainerJob) -> int:
         # and filterwarnings=error must not turn the warning into an
         # exception *after* the child exists.
         warnings.simplefilter("ignore", DeprecationWarning)
-        # Frozen objects are skipped by the child's garbage collector, which
-        # would otherwise write to (and so copy) every page of pytest's
-        # objects it visits.  O(1) both ways.
-        gc.freeze()
-        try:
-            pid = os.fork()
-        finally:
-            if pid != 0:
-                gc.unfreeze()
+        pid = os.fork()
     if pid == 0:
         body(job)
     return pid
