@@ -90,7 +90,8 @@ class Runtime:
 
     def plan_for(self, item: pytest.Item, spec: IsolationSpec) -> MountPlan:
         root = self.host_ops if spec.rootfs == "host" else image_ops(self.image_layers(spec.rootfs), self._python_paths())
-        plan = MountPlan(root + device_ops(shm_size=spec.disk) + [MountOp("sysfs", "/sys", readonly=True)])
+        devices = device_ops(shm_size=spec.disk, nodes_by_mknod=not self.rootless)
+        plan = MountPlan(root + devices + [MountOp("sysfs", "/sys", readonly=True)])
         if spec.net.own_namespace:
             plan.add_file("/etc/hosts", hosts_file(spec.hostname))
         item.config.hook.pytest_isolate_mount_plan(item=item, spec=spec, plan=plan)

@@ -101,11 +101,18 @@ def _write(path: str, value: str) -> None:
 
 
 def _read(path: str) -> str | None:
+    # os-level calls: several of these per test, where io's buffered text
+    # files cost more than the read.
     try:
-        with open(path, encoding="ascii") as handle:
-            return handle.read()
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return None
+    try:
+        return os.read(fd, 65536).decode("ascii")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _read_int(path: str) -> int | None:

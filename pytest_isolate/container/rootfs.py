@@ -140,6 +140,12 @@ class _Builder:
         if op.readonly:
             remount_read_only(target)
 
+    def _node(self, op: MountOp, target: str) -> None:
+        assert op.source is not None
+        host = os.stat(op.source)  # read in the host's /dev, before pivot_root
+        os.mknod(target, host.st_mode, host.st_rdev)
+        os.chmod(target, host.st_mode & 0o7777)  # mknod applies the umask
+
     def _tmpfs(self, op: MountOp, target: str) -> None:
         os.makedirs(target, exist_ok=True)
         data = "mode=0755" if op.size is None else f"mode=0755,size={op.size}"
