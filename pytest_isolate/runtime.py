@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
 from pytest_isolate.channel import ChannelReader, ChannelWriter
-from pytest_isolate.container import fsdiff, libc, rootfs
+from pytest_isolate.container import fsdiff, libc, netsetup, rootfs
 from pytest_isolate.container.cgroups import CgroupBackend, TestCgroup, Usage, detect_backend
 from pytest_isolate.container.hardening import Hardening
 from pytest_isolate.container.launcher import ContainerJob, run_rootless_launcher, run_test_process, spawn_init
@@ -84,6 +84,11 @@ class Runtime:
 
     def close(self) -> None:
         self.graveyard.sweep(block=True)
+        if netsetup.created:
+            from pytest_isolate.container.hostlink import wait_for_links_gone
+
+            wait_for_links_gone(netsetup.created)
+            netsetup.created.clear()
         os.close(self.own_pid_namespace)
         if self.cgroups is not None:
             self.cgroups.remove_session_group()
@@ -203,7 +208,7 @@ class Runtime:
             pytest_pid=os.getpid(),
             init_pipe_read=init_read,
             init_pipe_write=processes.init_write,
-            close_fds=(*self.foreign_fds, report_read),
+            close_fds=(*self.foreign_fds, report_read, *_netlink_fds()),
             test_oom_score=self.test_oom_score,
             routing=self.routing,
             hardening=self.hardening,
@@ -330,6 +335,13 @@ def rlimits_for(spec: IsolationSpec) -> tuple[tuple[int, int], ...]:
     if spec.pids is not None:
         limits.append((resource.RLIMIT_NPROC, spec.pids))  # counted per user, in the user namespace
     return tuple(limits)
+
+
+def _netlink_fds() -> tuple[int, ...]:
+    from pytest_isolate.container.hostlink import netlink_fd
+
+    fd = netlink_fd()
+    return () if fd is None else (fd,)
 
 
 def _userns_problem() -> str | None:

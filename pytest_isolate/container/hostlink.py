@@ -11,10 +11,10 @@ switched off on the host end: the host is the whole world of the container.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import fcntl
 import ipaddress
 import os
+import time
 
 from pytest_isolate.errors import ContainerError
 
@@ -46,10 +46,8 @@ class HostLink:
 
     def create(self, container_pid: int) -> None:
         """The pair, with its peer born inside the container's network namespace."""
-        from pyroute2 import IPRoute
-
         try:
-            with IPRoute() as ipr:
+            with _netlink() as ipr:
                 ipr.link("add", ifname=self.host_name, kind="veth", peer={"ifname": self.peer_name, "net_ns_pid": container_pid})
                 (self.host_index,) = ipr.link_lookup(ifname=self.host_name)
                 ipr.addr("add", index=self.host_index, address=self.host_address, prefixlen=30)
@@ -63,20 +61,44 @@ class HostLink:
             ) from None
 
     def release(self) -> None:
-        """Delete the host end (its peer goes with it) and free the subnet."""
-        if self.host_index is not None:
-            from pyroute2 import IPRoute
+        """Free the subnet.
 
-            try:
-                with IPRoute() as ipr:
-                    ipr.link("del", index=self.host_index)
-            except Exception as error:
-                if getattr(error, "code", None) != errno.ENODEV:
-                    raise
-            self.host_index = None
+        The link itself is not deleted here: deleting a network device waits
+        for RCU grace periods (~20 ms).  Its peer lives in the container's
+        network namespace, and the kernel deletes the pair when that
+        namespace goes, in the background.  Until it has, ``allocate`` skips
+        the subnet, and ``wait_for_links_gone`` waits for the last ones at
+        the end of the session.
+        """
         if self.lock_fd >= 0:
             os.close(self.lock_fd)
             self.lock_fd = -1
+
+
+_session_socket: object | None = None
+
+
+class _netlink:
+    """pytest's one netlink socket for veth links, opened at the first use.
+
+    pyroute2's IPRoute starts no thread, so it is safe across fork; the
+    container closes its copy with pytest's other descriptors.
+    """
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        global _session_socket
+        if _session_socket is None:
+            from pyroute2 import IPRoute
+
+            _session_socket = IPRoute()
+        return _session_socket
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+
+def netlink_fd() -> int | None:
+    return _session_socket.fileno() if _session_socket is not None else None  # type: ignore[attr-defined]
 
 
 def link_name(subnet: ipaddress.IPv4Network, end: str) -> str:
@@ -99,6 +121,8 @@ def allocate(network_range: str) -> HostLink:
         ) from None
     os.makedirs(LOCK_DIR, exist_ok=True)
     for number, subnet in enumerate(network.subnets(new_prefix=30)):
+        if os.path.exists(f"/sys/class/net/{link_name(subnet, 'h')}"):
+            continue  # the last test's link, still being deleted by the kernel
         fd = os.open(os.path.join(LOCK_DIR, str(subnet.network_address)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -111,6 +135,17 @@ def allocate(network_range: str) -> HostLink:
         f"every /30 of isolate_net_range = {network_range} is in use",
         "give isolate_net_range a larger range",
     )
+
+
+def wait_for_links_gone(names: set[str], seconds: float = 10.0) -> list[str]:
+    """Wait (bounded) until the kernel has deleted these links; return the ones left."""
+    deadline = time.monotonic() + seconds
+    left = sorted(names)
+    while left and time.monotonic() < deadline:
+        left = [name for name in left if os.path.exists(f"/sys/class/net/{name}")]
+        if left:
+            time.sleep(0.02)
+    return left
 
 
 def _write(path: str, value: str) -> None:

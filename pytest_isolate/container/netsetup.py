@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 HANDSHAKE_SECONDS = 30.0
 HOST_ADDR_VARIABLE = "ISOLATE_HOST_ADDR"
+# Host ends of the links this session made: the kernel deletes them in the
+# background, and the session waits for them at its end.
+created: set[str] = set()
 
 
 class ContainerNetwork:
@@ -86,6 +89,7 @@ class ContainerNetwork:
                 sock.close()
         self.ours = self.theirs = None
         if self.link is not None:
+            created.add(self.link.host_name)
             self.link.release()
             self.link = None
 
