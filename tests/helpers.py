@@ -63,6 +63,18 @@ def snapshot_host() -> HostSnapshot:
     return HostSnapshot(mounts=mounts, cgroups=_our_cgroups())
 
 
+def wait_for(condition, seconds: float) -> bool:  # type: ignore[no-untyped-def]
+    """Poll ``condition`` until it holds or ``seconds`` pass (bounded)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     return pytester.runpytest_subprocess(*ARGS, *args)
 

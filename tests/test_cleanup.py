@@ -6,24 +6,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
 from conftest import CONTAINER
-from helpers import CgroupSandbox, run, snapshot_host
+from helpers import CgroupSandbox, run, snapshot_host, wait_for
 from test_limits import _processes_with
 
 pytestmark = pytest.mark.requires(*CONTAINER)
 
-
-def _wait_for(condition, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_sigkill_of_pytest_kills_the_test_and_next_run_cleans(pytester: pytest.Pytester) -> None:
@@ -53,11 +44,11 @@ def _kill_pytest_mid_test_then_rerun(pytester: pytest.Pytester, sandbox: CgroupS
         command, cwd=pytester.path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=sandbox.enter
     )
     try:
-        assert _wait_for(lambda: _processes_with(marker), 30), "the test never started"
+        assert wait_for(lambda: _processes_with(marker), 30), "the test never started"
     finally:
         pytest_process.send_signal(signal.SIGKILL)
         pytest_process.wait()
-    assert _wait_for(lambda: not _processes_with(marker), 1.0), "the test's processes outlived pytest"
+    assert wait_for(lambda: not _processes_with(marker), 1.0), "the test's processes outlived pytest"
     leftovers = sandbox.dead_groups()
     assert len(leftovers) >= 1  # the dead run's empty cgroups, until the next run
 

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 from conftest import CONTAINER
-from helpers import CgroupSandbox, snapshot_host
+from helpers import CgroupSandbox, snapshot_host, wait_for
 from test_limits import _processes_with
 
 pytestmark = pytest.mark.requires(*CONTAINER)
@@ -27,14 +27,6 @@ def test_hang(n):
 """
 
 
-def _wait_for(condition, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
-
 
 def test_sigkill_of_xdist_controller_ends_every_container(pytester: pytest.Pytester) -> None:
     marker = uuid.uuid4().hex
@@ -47,12 +39,12 @@ def test_sigkill_of_xdist_controller_ends_every_container(pytester: pytest.Pytes
             command, cwd=pytester.path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=sandbox.enter
         )
         try:
-            assert _wait_for(lambda: len(_processes_with(marker)) == 2, 60), "both tests never started"
+            assert wait_for(lambda: len(_processes_with(marker)) == 2, 60), "both tests never started"
         finally:
             controller.send_signal(signal.SIGKILL)
             controller.wait()
         started = time.monotonic()
-        assert _wait_for(lambda: not _processes_with(marker), 1.0), "test processes outlived pytest by 1 s"
+        assert wait_for(lambda: not _processes_with(marker), 1.0), "test processes outlived pytest by 1 s"
         print(f"all gone {time.monotonic() - started:.3f} s after SIGKILL")
 
         pytester.makepyfile(test_hang="from pytest_isolate import isolated\n\n@isolated\ndef test_ok():\n    pass\n")
@@ -82,7 +74,7 @@ def test_ctrl_c_ends_the_session_normally(pytester: pytest.Pytester, host_state)
         text=True,
     )
     try:
-        assert _wait_for(lambda: _processes_with(marker), 60), "the hanging test never started"
+        assert wait_for(lambda: _processes_with(marker), 60), "the hanging test never started"
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=30)
     finally:

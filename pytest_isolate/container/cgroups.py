@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from typing import Protocol
 
+from pytest_isolate.container import sysfiles
 from pytest_isolate.container.mountinfo import read_mounts
 from pytest_isolate.errors import ContainerError
 from pytest_isolate.spec import IsolationSpec
@@ -92,37 +93,14 @@ def owner_is_alive(group_name: str) -> bool:
     return process_start_time(pid) == started
 
 
-def _write(path: str, value: str) -> None:
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.write(fd, value.encode())
-    finally:
-        os.close(fd)
-
-
-def _read(path: str) -> str | None:
-    # os-level calls: several of these per test, where io's buffered text
-    # files cost more than the read.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        return os.read(fd, 65536).decode("ascii")
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
 def _read_int(path: str) -> int | None:
-    text = _read(path)
+    text = sysfiles.read(path)
     return int(text) if text and text.strip().lstrip("-").isdigit() else None
 
 
 def _read_keyed(path: str, key: str) -> int | None:
     """The number after ``key`` in a flat-keyed file such as memory.events."""
-    text = _read(path)
+    text = sysfiles.read(path)
     if text is None:
         return None
     for line in text.splitlines():
@@ -138,7 +116,7 @@ def kill_cgroup_processes(directory: str, attempts: int = 200) -> None:
     Bounded: a process stuck in uninterruptible sleep cannot hold us forever.
     """
     for _ in range(attempts):
-        text = _read(os.path.join(directory, "cgroup.procs"))
+        text = sysfiles.read(os.path.join(directory, "cgroup.procs"))
         pids = [int(line) for line in (text or "").split()]
         if not pids:
             return
@@ -204,7 +182,7 @@ class _V1TestCgroup:
     def attach(self) -> None:
         pid = str(os.getpid())
         for directory in dict.fromkeys(self.dirs.values()):
-            _write(os.path.join(directory, "cgroup.procs"), pid)
+            sysfiles.write(os.path.join(directory, "cgroup.procs"), pid)
 
     def usage(self) -> Usage:
         memory = self.dirs.get("memory")
@@ -303,17 +281,17 @@ class CgroupV1:
     def _apply_limits(cgroup: _V1TestCgroup, spec: IsolationSpec) -> None:
         if spec.mem is not None:
             memory = cgroup.dirs["memory"]
-            _write(os.path.join(memory, "memory.limit_in_bytes"), str(spec.mem))
+            sysfiles.write(os.path.join(memory, "memory.limit_in_bytes"), str(spec.mem))
             # memsw exists only with swap accounting; it must be >= the limit.
             memsw = os.path.join(memory, "memory.memsw.limit_in_bytes")
             if os.path.exists(memsw):
-                _write(memsw, str(spec.mem))
+                sysfiles.write(memsw, str(spec.mem))
         if spec.cpu is not None:
             cpu = cgroup.dirs["cpu"]
-            _write(os.path.join(cpu, "cpu.cfs_period_us"), str(CFS_PERIOD_US))
-            _write(os.path.join(cpu, "cpu.cfs_quota_us"), str(round(spec.cpu * CFS_PERIOD_US)))
+            sysfiles.write(os.path.join(cpu, "cpu.cfs_period_us"), str(CFS_PERIOD_US))
+            sysfiles.write(os.path.join(cpu, "cpu.cfs_quota_us"), str(round(spec.cpu * CFS_PERIOD_US)))
         if spec.pids is not None:
-            _write(os.path.join(cgroup.dirs["pids"], "pids.max"), str(spec.pids))
+            sysfiles.write(os.path.join(cgroup.dirs["pids"], "pids.max"), str(spec.pids))
 
     def remove_session_group(self) -> None:
         for group_dir in self._created_groups:
@@ -347,7 +325,7 @@ class _V2TestCgroup:
     directory: str
 
     def attach(self) -> None:
-        _write(os.path.join(self.directory, "cgroup.procs"), str(os.getpid()))
+        sysfiles.write(os.path.join(self.directory, "cgroup.procs"), str(os.getpid()))
 
     def usage(self) -> Usage:
         d = self.directory
@@ -367,7 +345,7 @@ class _V2TestCgroup:
         kill_file = os.path.join(self.directory, "cgroup.kill")
         if os.path.exists(kill_file):  # Linux 5.14+: one write kills the subtree
             try:
-                _write(kill_file, "1")
+                sysfiles.write(kill_file, "1")
             except OSError:
                 pass
         kill_cgroup_processes(self.directory)
@@ -407,7 +385,7 @@ class CgroupV2:
         for entry in read_mounts():
             if entry.fstype == "cgroup2":
                 own_dir = _join(entry.mount_point, entry.root, own[""])
-                controllers = (_read(os.path.join(entry.mount_point, "cgroup.controllers")) or "").split()
+                controllers = (sysfiles.read(os.path.join(entry.mount_point, "cgroup.controllers")) or "").split()
                 if "memory" in controllers:
                     return cls(entry.mount_point, own_dir)
         return None
@@ -428,14 +406,14 @@ class CgroupV2:
             candidate = os.path.dirname(candidate)
 
     def _enable_controllers(self, directory: str) -> bool:
-        available = (_read(os.path.join(directory, "cgroup.controllers")) or "").split()
+        available = (sysfiles.read(os.path.join(directory, "cgroup.controllers")) or "").split()
         if not all(c in available for c in self.CONTROLLERS):
             return False
-        enabled = (_read(os.path.join(directory, "cgroup.subtree_control")) or "").split()
+        enabled = (sysfiles.read(os.path.join(directory, "cgroup.subtree_control")) or "").split()
         missing = [c for c in self.CONTROLLERS if c not in enabled]
         if missing:
             try:
-                _write(os.path.join(directory, "cgroup.subtree_control"), " ".join("+" + c for c in missing))
+                sysfiles.write(os.path.join(directory, "cgroup.subtree_control"), " ".join("+" + c for c in missing))
             except OSError:
                 return False
         return True
@@ -444,7 +422,7 @@ class CgroupV2:
         if self._group_dir is None:
             group_dir = os.path.join(self._parent_with_controllers(), self.group)
             os.makedirs(group_dir, exist_ok=True)
-            _write(os.path.join(group_dir, "cgroup.subtree_control"), " ".join("+" + c for c in self.CONTROLLERS))
+            sysfiles.write(os.path.join(group_dir, "cgroup.subtree_control"), " ".join("+" + c for c in self.CONTROLLERS))
             self._group_dir = group_dir
         return self._group_dir
 
@@ -455,13 +433,13 @@ class CgroupV2:
             directory = os.path.join(self._session_group(), f"t{self._counter}")
             os.mkdir(directory)
             if spec.mem is not None:
-                _write(os.path.join(directory, "memory.max"), str(spec.mem))
+                sysfiles.write(os.path.join(directory, "memory.max"), str(spec.mem))
                 if os.path.exists(os.path.join(directory, "memory.swap.max")):
-                    _write(os.path.join(directory, "memory.swap.max"), "0")
+                    sysfiles.write(os.path.join(directory, "memory.swap.max"), "0")
             if spec.cpu is not None:
-                _write(os.path.join(directory, "cpu.max"), f"{round(spec.cpu * CFS_PERIOD_US)} {CFS_PERIOD_US}")
+                sysfiles.write(os.path.join(directory, "cpu.max"), f"{round(spec.cpu * CFS_PERIOD_US)} {CFS_PERIOD_US}")
             if spec.pids is not None:
-                _write(os.path.join(directory, "pids.max"), str(spec.pids))
+                sysfiles.write(os.path.join(directory, "pids.max"), str(spec.pids))
         except OSError as error:
             if directory and os.path.isdir(directory):
                 remove_tree(directory)

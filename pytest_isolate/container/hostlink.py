@@ -16,6 +16,7 @@ import ipaddress
 import os
 import time
 
+from pytest_isolate.container import sysfiles
 from pytest_isolate.errors import ContainerError
 
 LOCK_DIR = "/run/pytest-isolate/net"
@@ -52,7 +53,7 @@ class HostLink:
                 (self.host_index,) = ipr.link_lookup(ifname=self.host_name)
                 ipr.addr("add", index=self.host_index, address=self.host_address, prefixlen=30)
                 ipr.link("set", index=self.host_index, state="up")
-            _write(f"/proc/sys/net/ipv4/conf/{self.host_name}/forwarding", "0")
+            sysfiles.write(f"/proc/sys/net/ipv4/conf/{self.host_name}/forwarding", "0")
         except Exception as error:  # pyroute2 raises NetlinkError and OSError
             raise ContainerError(
                 "create the container's private network link",
@@ -147,10 +148,3 @@ def wait_for_links_gone(names: set[str], seconds: float = 10.0) -> list[str]:
             time.sleep(0.02)
     return left
 
-
-def _write(path: str, value: str) -> None:
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.write(fd, value.encode())
-    finally:
-        os.close(fd)

@@ -44,7 +44,7 @@ import traceback
 from typing import TYPE_CHECKING, NoReturn
 
 from pytest_isolate import coverage_bridge
-from pytest_isolate.container import libc, rootfs, userns
+from pytest_isolate.container import libc, rootfs, sysfiles, userns
 from pytest_isolate.errors import ContainerError
 
 if TYPE_CHECKING:
@@ -222,11 +222,7 @@ class _reported:
 
 
 def _raise_oom_score(inherited: str) -> None:
-    fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
-    try:
-        os.write(fd, str(max(TEST_OOM_SCORE, int(inherited or 0))).encode())
-    finally:
-        os.close(fd)
+    sysfiles.write("/proc/self/oom_score_adj", str(max(TEST_OOM_SCORE, int(inherited or 0))))
 
 
 def _advice(error: OSError) -> str:

@@ -11,23 +11,15 @@ from __future__ import annotations
 
 import os
 
-from pytest_isolate.container import libc
-
-
-def _write(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
+from pytest_isolate.container import libc, sysfiles
 
 
 def enter_as_root() -> None:
     uid, gid = os.geteuid(), os.getegid()
     libc.unshare(libc.CLONE_NEWUSER)
-    _write("/proc/self/setgroups", "deny")
-    _write("/proc/self/uid_map", f"0 {uid} 1")
-    _write("/proc/self/gid_map", f"0 {gid} 1")
+    sysfiles.write("/proc/self/setgroups", "deny")
+    sysfiles.write("/proc/self/uid_map", f"0 {uid} 1")
+    sysfiles.write("/proc/self/gid_map", f"0 {gid} 1")
 
 
 def available() -> tuple[bool, str]:
