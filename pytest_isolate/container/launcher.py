@@ -126,6 +126,9 @@ def run_rootless_launcher(job: ContainerJob) -> NoReturn:
     with _reported(job.channel) as step:
         step("start the container")
         _leave_pytest(job, parent=job.pytest_pid)
+        step("join the test's cgroup")
+        if job.cgroup is not None:  # a delegated cgroup: writable by our user, outside the user namespace
+            job.cgroup.attach()
         step("create the container's user namespace")
         userns.enter_as_root()
         step("create the container's namespaces")
