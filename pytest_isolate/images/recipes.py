@@ -184,17 +184,6 @@ def find_recipe(name: str, dirs: list[str]) -> Recipe | None:
     return None
 
 
-def all_recipes(dirs: list[str]) -> dict[str, Recipe]:
-    """Every recipe on the search path; an earlier directory's recipe hides a later one of the same name."""
-    found: dict[str, Recipe] = {}
-    for directory in dirs:
-        for entry in sorted(os.listdir(directory)):
-            if entry.endswith(".toml") and entry[: -len(".toml")] not in found:
-                recipe = load_recipe(os.path.join(directory, entry))
-                found[recipe.name] = recipe
-    return found
-
-
 def recipe_chain(name: str, dirs: list[str], is_imported: Callable[[str], bool] = lambda name: False) -> list[Recipe]:
     """The recipe and its ancestors, bottom first.
 
