@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 from typing import Any
 
@@ -107,6 +108,30 @@ RLIMIT_GUARANTEE = (
     "rlimit (weaker than cgroups: mem as RLIMIT_AS bounds address space, not memory; "
     "pids as RLIMIT_NPROC; cpu is not enforced)"
 )
+
+
+# The loader's "error while loading shared libraries: X: cannot open ...",
+# and dlopen's "X: cannot open ..." in an ImportError of an extension module.
+_MISSING_LIBRARY = re.compile(r"([\w.+-]+\.so(?:\.[\w.]+)?): cannot open shared object file")
+_OLD_LIBC = re.compile(r"version `(GLIBC_[\d.]+)' not found")
+
+
+def image_library_note(image: str, text: str) -> str | None:
+    """A failure that says the image cannot host a program the host can (the test's Python, re-run)."""
+    missing = _MISSING_LIBRARY.search(text)
+    if missing:
+        return (
+            f"the image {image!r} lacks the shared library {missing.group(1)} that a program of the host "
+            "(such as its Python, run again) needs: add the package that ships it to the image's recipe "
+            "(include = [...] or a step)"
+        )
+    old = _OLD_LIBC.search(text)
+    if old:
+        return (
+            f"the image {image!r} has an older C library than the host's programs need ({old.group(1)}): "
+            "build the image from a newer suite, or run the image's own python3"
+        )
+    return None
 
 
 def looks_like_network_failure(longrepr_text: str) -> bool:

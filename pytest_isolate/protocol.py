@@ -32,6 +32,7 @@ from pytest_isolate.outcome import (
     IsolateBudgetWarning,
     budget_overruns,
     crash_message,
+    image_library_note,
     limit_notes,
     looks_like_network_failure,
     usage_properties,
@@ -168,6 +169,11 @@ def _rebuild(
         report_notes = list(notes)
         if spec.net.mode == "none" and report.failed and looks_like_network_failure(report.longreprtext):
             report_notes.append(NO_NETWORK_NOTE)
+        if spec.rootfs != "host" and report.failed:
+            text = report.longreprtext + "".join(content for _, content in report.sections)
+            library_note = image_library_note(spec.rootfs, text)
+            if library_note:
+                report_notes.append(library_note)
         if report.failed and report_notes and report.when != "teardown":
             report.sections.append((SECTION, "\n".join(report_notes)))
     reports = _complete(item, spec, result, reports, leftover)

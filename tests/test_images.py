@@ -630,3 +630,36 @@ def test_unknown_image_is_a_clear_error(shipped: Shipped, pytester: pytest.Pytes
         "ERROR test_unknown_image_is_a_clear_error.py::test_it - pytest-isolate could not prepare the root "
         "filesystem image: no image named 'no-such-image'"
     ), line
+
+
+def test_image_that_cannot_host_the_host_python_says_which_library(shipped: Shipped, pytester: pytest.Pytester) -> None:
+    import subprocess
+    import sys
+
+    from helpers import failure_lines, run
+
+    if subprocess.run([sys.executable, "-c", "import _tkinter"], capture_output=True).returncode != 0:
+        pytest.skip("this host's Python has no working _tkinter to prove the point with")
+    pytester.makepyfile(
+        """
+        import subprocess, sys
+        from pytest_isolate import isolated
+
+        @isolated(rootfs="debian-bookworm")
+        def test_runs_the_host_python_again():
+            # The forked test keeps its libraries; a new process of the host's
+            # Python loads them from the image, which lacks Tk.
+            result = subprocess.run([sys.executable, "-c", "import _tkinter"], capture_output=True, text=True)
+            print(result.stderr)
+            assert result.returncode == 0
+        """
+    )
+    result = run(pytester, "-o", f"isolate_cache={shipped.cache}")
+    assert len(failure_lines(result)) == 1
+    result.stdout.fnmatch_lines(
+        [
+            "*- pytest-isolate -*",
+            "the image 'debian-bookworm' lacks the shared library libtk8.6.so that a program of the host (such as "
+            "its Python, run again) needs: add the package that ships it to the image's recipe (include = [...] or a step)",
+        ]
+    )

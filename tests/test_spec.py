@@ -54,3 +54,20 @@ def test_error_names_source_argument_value_and_expectation() -> None:
 )
 def test_format_bytes(size: int, text: str) -> None:
     assert format_bytes(size) == text
+
+
+def test_image_library_notes() -> None:
+    from pytest_isolate.outcome import image_library_note
+
+    loader = "python3: error while loading shared libraries: libpython3.12.so.1.0: cannot open shared object file: No such file or directory"
+    assert image_library_note("debian-bookworm", loader) == (
+        "the image 'debian-bookworm' lacks the shared library libpython3.12.so.1.0 that a program of the host "
+        "(such as its Python, run again) needs: add the package that ships it to the image's recipe "
+        "(include = [...] or a step)"
+    )
+    glibc = "/usr/bin/python3: /lib/x86_64-linux-gnu/libc.so.6: version `GLIBC_2.38' not found (required by python3)"
+    assert image_library_note("old", glibc) == (
+        "the image 'old' has an older C library than the host's programs need (GLIBC_2.38): "
+        "build the image from a newer suite, or run the image's own python3"
+    )
+    assert image_library_note("x", "AssertionError: 1 != 2") is None
