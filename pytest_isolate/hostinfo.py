@@ -85,7 +85,7 @@ def argument_support(facts: dict[str, Any]) -> dict[str, tuple[bool, str]]:
             return False, f"needs the {controller} cgroup controller, which this host does not offer"
         return True, ""
 
-    support = {name: (container, why_not) for name in ("net", "net_rate", "hostname", "rootfs", "disk", "timeout", "caps")}
+    support = {name: (container, why_not) for name in ("net", "net_rate", "hostname", "rootfs", "disk", "timeout", "caps", "user")}
     support["mem"] = limit("memory")
     support["cpu"] = limit("cpu")
     support["pids"] = limit("pids")

@@ -68,6 +68,7 @@ class Runtime:
         self.routing = ReportRouting(config)
         self.graveyard = Graveyard()
         self._images: dict[str, list[str]] = {}
+        self._userns_host_ops: list[MountOp] | None = None
         self.hardening = Hardening.for_this_host()
         # The PID namespace children go back to after each container.
         self.own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
@@ -93,14 +94,31 @@ class Runtime:
         if self.cgroups is not None:
             self.cgroups.remove_session_group()
 
+    def in_user_namespace(self, spec: IsolationSpec) -> bool:
+        return self.rootless or spec.user
+
     def plan_for(self, item: pytest.Item, spec: IsolationSpec) -> MountPlan:
-        root = self.host_ops if spec.rootfs == "host" else image_ops(self.image_layers(spec.rootfs), self._python_paths())
-        devices = device_ops(shm_size=spec.disk, nodes_by_mknod=not self.rootless)
+        userns = self.in_user_namespace(spec)
+        if spec.rootfs != "host":
+            root = image_ops(self.image_layers(spec.rootfs), self._python_paths())
+        elif userns and not self.rootless:  # user=True as root: the host root as rootless sees it
+            if self._userns_host_ops is None:
+                self._userns_host_ops = rootless_host_ops(read_mounts())
+            root = self._userns_host_ops
+        else:
+            root = self.host_ops
+        devices = device_ops(shm_size=spec.disk, nodes_by_mknod=not userns)
         plan = MountPlan(root + devices + [MountOp("sysfs", "/sys", readonly=True)])
         if spec.net.own_namespace:
             plan.add_file("/etc/hosts", hosts_file(spec.hostname))
         item.config.hook.pytest_isolate_mount_plan(item=item, spec=spec, plan=plan)
         return plan
+
+    def userns_stage(self) -> str:
+        """user=True as root: a stage directory nobody may reach (the root one is root's only)."""
+        path = rootfs.STAGE_DIR + "-userns"
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        return path
 
     def image_layers(self, name: str) -> list[str]:
         """An image's layers, topmost first; built (once, under a lock) if not cached."""
@@ -198,6 +216,9 @@ class Runtime:
         net = ContainerNetwork(spec, self.net_range)
         report_read, report_write = os.pipe()
         init_read, processes.init_write = os.pipe()
+        userns = self.in_user_namespace(spec)
+        # user=True as root: pytest writes the launcher's user map, in a handshake.
+        mapping = (os.pipe(), os.pipe()) if userns and not self.rootless else None
         job = ContainerJob(
             item=item,
             spec=spec,
@@ -208,21 +229,25 @@ class Runtime:
             pytest_pid=os.getpid(),
             init_pipe_read=init_read,
             init_pipe_write=processes.init_write,
-            close_fds=(*self.foreign_fds, report_read, *_netlink_fds()),
+            close_fds=(*self.foreign_fds, report_read, *_netlink_fds(), *((mapping[0][0], mapping[1][1]) if mapping else ())),
             test_oom_score=self.test_oom_score,
             routing=self.routing,
             hardening=self.hardening,
-            stage=self.stage,
+            stage=self.stage if self.rootless or not userns else self.userns_stage(),
             keep_layers=self.diff_wanted,
-            rootless=self.rootless,
+            rootless=userns,
             rlimits=rlimits_for(spec) if rlimits else (),
+            user_sync=(mapping[0][1], mapping[1][0]) if mapping else None,
         )
         started = time.monotonic()
         finished_cleanly = False
         try:
-            if self.rootless:
+            if userns:
                 processes.test_pid = _fork(run_rootless_launcher, job)
                 processes.init_is_ours = False
+                if mapping:
+                    _map_user(processes.test_pid, mapping)
+                    mapping = None
             else:
                 self._start_in_new_pid_namespace(job, processes)
             os.close(report_write)
@@ -230,7 +255,7 @@ class Runtime:
             net.after_fork(processes.test_pid)
             finished_cleanly = self._watch(result, processes, report_read, spec.timeout, cgroup, started, plan)
         finally:
-            for fd in (report_write, init_read, report_read):
+            for fd in (report_write, init_read, report_read, *(fd for pair in mapping or () for fd in pair)):
                 if fd >= 0:
                     os.close(fd)
             result.wall_seconds = time.monotonic() - started
@@ -335,6 +360,22 @@ def rlimits_for(spec: IsolationSpec) -> tuple[tuple[int, int], ...]:
     if spec.pids is not None:
         limits.append((resource.RLIMIT_NPROC, spec.pids))  # counted per user, in the user namespace
     return tuple(limits)
+
+
+def _map_user(pid: int, mapping: tuple[tuple[int, int], tuple[int, int]]) -> None:
+    """Wait for the launcher's user namespace, map its root to nobody, let it go on."""
+    from pytest_isolate.container.userns import map_root_to_nobody
+
+    (ready_read, ready_write), (go_read, go_write) = mapping
+    os.close(ready_write)
+    os.close(go_read)
+    try:
+        if os.read(ready_read, 1) == b"u":
+            map_root_to_nobody(pid)
+            os.write(go_write, b"g")
+    finally:
+        os.close(ready_read)
+        os.close(go_write)
 
 
 def _netlink_fds() -> tuple[int, ...]:

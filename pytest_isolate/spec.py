@@ -150,6 +150,15 @@ def parse_rate(value: object) -> int:
     return bits
 
 
+def parse_user(value: object) -> bool:
+    expected = "True (root inside maps to an unprivileged user outside) or False"
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS | _FALSE_WORDS:
+        return value.strip().lower() in _TRUE_WORDS
+    raise _Invalid(expected)
+
+
 def parse_hostname(value: object) -> str:
     expected = "a host name of 1 to 63 letters, digits, '-' and '.'"
     if not isinstance(value, str) or not _HOSTNAME_RE.match(value):
@@ -222,6 +231,7 @@ class IsolationSpec:
     budget_mem: int | None = None
     budget_mem_text: str | None = None
     budget_cpu: float | None = None
+    user: bool = False  # a user namespace: root inside is nobody (65534) outside
     net_rate: int | None = None  # bits per second, on every interface of the container
     net_rate_text: str | None = None
 
@@ -244,11 +254,12 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "budget_mem": parse_size,
     "budget_cpu": parse_cpu_seconds,
     "net_rate": parse_rate,
+    "user": parse_user,
 }
 ARGUMENTS = tuple(PARSERS)
 MARKER_SIGNATURE = (
     "isolated(mem=None, cpu=None, pids=None, timeout=None, net=False, "
-    'hostname="isolated", rootfs="host", disk="1G", caps=(), budget_mem=None, budget_cpu=None, net_rate=None)'
+    'hostname="isolated", rootfs="host", disk="1G", caps=(), budget_mem=None, budget_cpu=None, net_rate=None, user=False)'
 )
 
 

@@ -240,3 +240,37 @@ def test_isolate_option_isolates_every_test(pytester: pytest.Pytester, host_stat
     result = run(pytester, "--isolate")
     result.assert_outcomes(passed=2)
     assert failure_lines(result) == []
+
+
+def test_user_namespace_as_root() -> None:
+    """user=True: root inside is nobody outside, so root-only host files stay closed."""
+    import shutil
+    import subprocess
+    import sys
+
+    from helpers import ARGS
+
+    # pytest's temporary tree is root's only; nobody must be able to enter the project.
+    project = f"/tmp/pytest-isolate-user-{os.getpid()}"
+    os.makedirs(project, mode=0o755)
+    try:
+        with open(os.path.join(project, "test_user.py"), "w") as handle:
+            handle.write(
+                "import os\n"
+                "import pytest\n"
+                "from pytest_isolate import isolated\n\n"
+                "@isolated(user=True)\n"
+                "def test_nobody_outside():\n"
+                "    assert os.getuid() == 0 and os.getpid() == 2\n"
+                "    assert open('/proc/self/uid_map').read().split() == ['0', '65534', '1']\n"
+                "    with pytest.raises(PermissionError):\n"
+                "        open('/etc/shadow')\n\n"
+                "@isolated\n"
+                "def test_root_without_it():\n"
+                "    open('/etc/shadow').close()\n"
+            )
+        result = subprocess.run([sys.executable, "-m", "pytest", *ARGS], cwd=project, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout
+        assert "2 passed" in result.stdout.splitlines()[-1]
+    finally:
+        shutil.rmtree(project)

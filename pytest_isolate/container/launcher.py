@@ -103,6 +103,7 @@ class ContainerJob:
     keep_layers: bool = False  # hold the writable layers open for --isolate-diff
     rootless: bool = False
     rlimits: tuple[tuple[int, int], ...] = ()  # the fallback when cgroups cannot limit
+    user_sync: tuple[int, int] | None = None  # user=True as root: (ready pipe write end, go pipe read end)
 
 
 def run_test_process(job: ContainerJob) -> NoReturn:
@@ -130,7 +131,10 @@ def run_rootless_launcher(job: ContainerJob) -> NoReturn:
         if job.cgroup is not None:  # a delegated cgroup: writable by our user, outside the user namespace
             job.cgroup.attach()
         step("create the container's user namespace")
-        userns.enter_as_root()
+        if job.user_sync is not None:
+            userns.enter_mapped_by_parent(*job.user_sync)
+        else:
+            userns.enter_as_root()
         step("create the container's namespaces")
         libc.unshare(_namespace_flags(job) | libc.CLONE_NEWPID)
         job.net.after_unshare()
@@ -184,7 +188,14 @@ def _build_container(job: ContainerJob, step) -> int | None:  # type: ignore[no-
     cwd = os.getcwd()
     step("build the container's filesystem")
     stage_fd = rootfs.build_root(job.plan, job.stage, spec.disk, keep_stage=job.keep_layers, rootless=job.rootless)
-    os.chdir(cwd)
+    try:
+        os.chdir(cwd)
+    except PermissionError:
+        raise ContainerError(
+            "enter the working directory",
+            f"{cwd} is not reachable by the container's user (uid {userns.NOBODY} outside, with user=True)",
+            "run pytest from a directory every user may enter, or drop user=True",
+        ) from None
     step("set up the container's hostname and network")
     socket.sethostname(spec.hostname)
     if spec.net.own_namespace:
@@ -225,7 +236,10 @@ class _reported:
 
 
 def _raise_oom_score(inherited: str) -> None:
-    sysfiles.write("/proc/self/oom_score_adj", str(max(TEST_OOM_SCORE, int(inherited or 0))))
+    try:
+        sysfiles.write("/proc/self/oom_score_adj", str(max(TEST_OOM_SCORE, int(inherited or 0))))
+    except PermissionError:
+        pass  # user=True: the file is root's outside, and we are nobody now; a preference, not a limit
 
 
 def _advice(error: OSError) -> str:

@@ -22,6 +22,28 @@ def enter_as_root() -> None:
     sysfiles.write("/proc/self/gid_map", f"0 {gid} 1")
 
 
+# user=True as root: root inside the container is this user outside.
+NOBODY = 65534
+
+
+def enter_mapped_by_parent(ready_write: int, go_read: int) -> None:
+    """In the launcher: a user namespace whose maps pytest writes (only it may map another uid)."""
+    libc.unshare(libc.CLONE_NEWUSER)
+    os.write(ready_write, b"u")
+    if os.read(go_read, 1) != b"g":
+        raise OSError(1, "pytest did not map the container's user")
+    # Become root of the namespace: nobody outside, from now on.
+    os.setgroups([])
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+
+
+def map_root_to_nobody(pid: int) -> None:
+    """In pytest (root): the launcher's root is nobody outside."""
+    sysfiles.write(f"/proc/{pid}/uid_map", f"0 {NOBODY} 1")
+    sysfiles.write(f"/proc/{pid}/gid_map", f"0 {NOBODY} 1")
+
+
 def available() -> tuple[bool, str]:
     """Can this (non-root) process make a user namespace?  Asked by trying, in a child."""
     read, write = os.pipe()
