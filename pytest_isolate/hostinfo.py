@@ -23,11 +23,6 @@ def kernel() -> str:
     return os.uname().release
 
 
-def overlay_available() -> bool:
-    text = _read("/proc/filesystems") or ""
-    return any(line.split()[-1] == "overlay" for line in text.splitlines() if line.split())
-
-
 def root_filesystem() -> str:
     entries = [entry for entry in read_mounts() if entry.mount_point == "/"]
     return entries[-1].fstype if entries else "unknown"
@@ -57,12 +52,22 @@ def user_namespaces() -> dict[str, Any]:
     return {"max": int(limit) if limit and limit.isdigit() else None, "allowed": bool(limit and limit != "0")}
 
 
-def summary_facts() -> dict[str, Any]:
+def storage_driver(setting: str = "auto") -> str | None:
+    from pytest_isolate.container import storage
+    from pytest_isolate.errors import ContainerError
+
+    try:
+        return storage.choose(setting)
+    except ContainerError:
+        return None
+
+
+def summary_facts(storage_setting: str = "auto") -> dict[str, Any]:
     cgroups = cgroup_facts()
     return {
         "kernel": kernel(),
         "root": os.geteuid() == 0,
-        "storage_driver": "overlay" if overlay_available() else None,
+        "storage_driver": storage_driver(storage_setting),
         "root_filesystem": root_filesystem(),
         "cgroup_version": cgroups["version"],
         "cgroup_controllers": cgroups["controllers"],
@@ -72,7 +77,7 @@ def summary_facts() -> dict[str, Any]:
 def argument_support(facts: dict[str, Any]) -> dict[str, tuple[bool, str]]:
     """Marker argument -> (works here, why not and the fix)."""
     root = facts["root"]
-    container = root and facts["storage_driver"] == "overlay"
+    container = root and facts["storage_driver"] in ("overlay", "fuse")
     need_root = "needs root: run pytest as root (rootless mode is not built yet)"
     no_overlay = "needs the overlay filesystem: modprobe overlay"
     why_not = "" if container else (need_root if not root else no_overlay)
@@ -92,8 +97,8 @@ def argument_support(facts: dict[str, Any]) -> dict[str, tuple[bool, str]]:
     return support
 
 
-def header_line() -> str:
-    facts = summary_facts()
+def header_line(storage_setting: str = "auto") -> str:
+    facts = summary_facts(storage_setting)
     cgroup = f"cgroup v{facts['cgroup_version']}" if facts["cgroup_version"] else "no cgroups"
     storage = facts["storage_driver"] or "no overlay"
     user = "root" if facts["root"] else f"uid {os.geteuid()} (containers need root)"

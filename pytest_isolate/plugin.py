@@ -47,6 +47,7 @@ LIMITS_FALLBACK_HELP = (
     'rootless without a delegated cgroup: "rlimit" enforces mem and pids with rlimits (weaker, and said so '
     "in the report); empty (default): such a test fails with what to run to get delegation"
 )
+STORAGE_HELP = "storage driver: auto (default: overlay, else fuse-overlayfs, else copy), overlay, fuse or copy"
 IMAGES_HELP = "directories with your own image recipes (*.toml), searched before the built-in ones"
 CACHE_HELP = "where built image layers are kept (default: $PYTEST_ISOLATE_CACHE or ~/.cache/pytest-isolate)"
 JSON_HELP = "write every isolated test's limits, usage and outcome to this JSON file"
@@ -88,6 +89,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("isolate_net_range", NET_RANGE_HELP, default="10.213.0.0/16")
     parser.addini("isolate_limits_fallback", LIMITS_FALLBACK_HELP, default="")
     parser.addini("isolate_images", IMAGES_HELP, type="paths", default=[])
+    parser.addini("isolate_storage", STORAGE_HELP, default="auto")
     parser.addini("isolate_cache", CACHE_HELP, default="")
     group.addoption("--isolate-json", metavar="PATH", default=None, help=JSON_HELP)
     group.addoption("--isolate-compare", metavar="OLD.json", default=None, help=COMPARE_HELP)
@@ -168,7 +170,7 @@ def pytest_report_header(config: pytest.Config) -> str | None:
         return None
     from pytest_isolate.hostinfo import header_line
 
-    return header_line()
+    return header_line(str(config.getini("isolate_storage")))
 
 
 def _is_isolated(item: pytest.Item) -> bool:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
 from pytest_isolate.channel import ChannelReader, ChannelWriter
-from pytest_isolate.container import fsdiff, libc, netsetup, rootfs
+from pytest_isolate.container import fsdiff, libc, netsetup, rootfs, storage
 from pytest_isolate.container.cgroups import CgroupBackend, TestCgroup, Usage, detect_backend
 from pytest_isolate.container.hardening import Hardening
 from pytest_isolate.container.launcher import ContainerJob, run_rootless_launcher, run_test_process, spawn_init
@@ -69,6 +69,7 @@ class Runtime:
         self.graveyard = Graveyard()
         self._images: dict[str, list[str]] = {}
         self._userns_host_ops: list[MountOp] | None = None
+        self._storage: str | None = None
         self.hardening = Hardening.for_this_host()
         # The PID namespace children go back to after each container.
         self.own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
@@ -113,6 +114,12 @@ class Runtime:
             plan.add_file("/etc/hosts", hosts_file(spec.hostname))
         item.config.hook.pytest_isolate_mount_plan(item=item, spec=spec, plan=plan)
         return plan
+
+    def storage_driver(self) -> str:
+        """isolate_storage, resolved once (auto: overlay, then fuse-overlayfs, then copy)."""
+        if self._storage is None:
+            self._storage = storage.choose(str(self.config.getini("isolate_storage")))
+        return self._storage
 
     def userns_stage(self) -> str:
         """user=True as root: a stage directory nobody may reach (the root one is root's only)."""
@@ -238,6 +245,7 @@ class Runtime:
             rootless=userns,
             rlimits=rlimits_for(spec) if rlimits else (),
             user_sync=(mapping[0][1], mapping[1][0]) if mapping else None,
+            storage=self.storage_driver(),
         )
         started = time.monotonic()
         finished_cleanly = False

@@ -104,6 +104,7 @@ class ContainerJob:
     rootless: bool = False
     rlimits: tuple[tuple[int, int], ...] = ()  # the fallback when cgroups cannot limit
     user_sync: tuple[int, int] | None = None  # user=True as root: (ready pipe write end, go pipe read end)
+    storage: str = "overlay"  # the storage driver: overlay, fuse or copy
 
 
 def run_test_process(job: ContainerJob) -> NoReturn:
@@ -187,7 +188,9 @@ def _build_container(job: ContainerJob, step) -> int | None:  # type: ignore[no-
     spec = job.spec
     cwd = os.getcwd()
     step("build the container's filesystem")
-    stage_fd = rootfs.build_root(job.plan, job.stage, spec.disk, keep_stage=job.keep_layers, rootless=job.rootless)
+    stage_fd = rootfs.build_root(
+        job.plan, job.stage, spec.disk, keep_stage=job.keep_layers, rootless=job.rootless, storage_driver=job.storage
+    )
     try:
         os.chdir(cwd)
     except PermissionError:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 
-from pytest_isolate.container import libc
+from pytest_isolate.container import libc, storage
 from pytest_isolate.container.mountplan import MountOp, MountPlan
 from pytest_isolate.errors import ContainerError
 
@@ -58,8 +58,9 @@ def _inside(root: str, path: str) -> str:
 
 
 class _Builder:
-    def __init__(self, stage: str, rootless: bool = False) -> None:
+    def __init__(self, stage: str, rootless: bool = False, storage_driver: str = "overlay") -> None:
         self.stage = stage
+        self.storage = storage_driver
         # Overlay in a user namespace must keep its whiteouts and opaque
         # marks in user.* xattrs: trusted.* are root's of the host only.
         self.overlay_extra = ",userxattr" if rootless else ""
@@ -111,6 +112,25 @@ class _Builder:
             os.mkdir(self.root)
         else:
             os.makedirs(target, exist_ok=True)
+        if self.storage == "copy":
+            if not op.layers and op.source == "/":
+                raise ContainerError(
+                    "copy the root filesystem",
+                    "isolate_storage = copy cannot copy the host's whole root for every test",
+                    'use a small image or directory with rootfs=, or isolate_storage = fuse',
+                )
+            if op.target != "/":
+                # Host paths in an image (the interpreter, the project): far
+                # too big to copy per test, so shown read-only instead.
+                libc.mount(op.source, target, None, libc.MS_BIND | libc.MS_REC)
+                remount_read_only(target)
+                return
+            storage.copy_layers(list(op.layers or (op.source,)), target)
+            libc.mount(target, target, None, libc.MS_BIND)  # a mount point, for pivot_root
+            return
+        if self.storage == "fuse":
+            storage.mount_fuse(lower, upper, work, target)
+            return
         try:
             libc.mount("overlay", target, "overlay", 0, options)
         except OSError:
@@ -159,6 +179,7 @@ class _Builder:
         libc.mount("devpts", target, "devpts", libc.MS_NOSUID | libc.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
 
     def _sysfs(self, op: MountOp, target: str) -> None:
+        os.makedirs(target, exist_ok=True)  # an image or directory may lack it
         flags = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC | libc.MS_RDONLY
         try:
             libc.mount("sysfs", target, "sysfs", flags)
@@ -197,7 +218,15 @@ class _Builder:
             os.close(fd)
 
 
-def build_root(plan: MountPlan, stage: str, disk: int, *, keep_stage: bool = False, rootless: bool = False) -> int | None:
+def build_root(
+    plan: MountPlan,
+    stage: str,
+    disk: int,
+    *,
+    keep_stage: bool = False,
+    rootless: bool = False,
+    storage_driver: str = "overlay",
+) -> int | None:
     """Mount everything under ``stage``, then make it ``/``.
 
     With ``keep_stage``, return an ``O_PATH`` descriptor of the tmpfs that
@@ -206,7 +235,7 @@ def build_root(plan: MountPlan, stage: str, disk: int, *, keep_stage: bool = Fal
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
     libc.mount("tmpfs", stage, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, f"size={disk},mode=0755")
     stage_fd = os.open(stage, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) if keep_stage else None
-    builder = _Builder(stage, rootless)
+    builder = _Builder(stage, rootless, storage_driver)
     ops = builder.inject_files(plan.ops)
     for op in ops:
         try:

@@ -1,0 +1,87 @@
+"""Storage drivers: kernel overlayfs, fuse-overlayfs, a copy."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+from conftest import CONTAINER
+from helpers import failure_lines, run
+
+pytestmark = pytest.mark.requires(*CONTAINER)
+
+SUITE = """
+import os
+from pytest_isolate import isolated
+
+@isolated(rootfs=ROOTFS)
+def test_a_writes():
+    with open("/etc/os-release", "w") as handle:
+        handle.write("changed inside")
+
+@isolated(rootfs=ROOTFS)
+def test_b_sees_the_original():
+    assert open("/etc/os-release").read() == "tiny\\n"
+"""
+
+
+@pytest.fixture
+def tiny_root(tmp_path):
+    root = tmp_path / "tiny-root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "os-release").write_text("tiny\n")
+    return root
+
+
+@pytest.mark.parametrize("driver", ["overlay", "fuse", "copy"])
+def test_each_driver_discards_writes(pytester: pytest.Pytester, tiny_root, driver: str) -> None:
+    if driver == "fuse" and shutil.which("fuse-overlayfs") is None:
+        pytest.fail("fuse-overlayfs is not installed: .ci/run installs it (apt-get install fuse-overlayfs)")
+    pytester.makepyfile(SUITE.replace("ROOTFS", repr(str(tiny_root))))
+    run(pytester, "-o", f"isolate_storage={driver}").assert_outcomes(passed=2)
+    assert (tiny_root / "etc" / "os-release").read_text() == "tiny\n"
+
+
+def test_fuse_overlayfs_over_the_host_root(pytester: pytest.Pytester) -> None:
+    if shutil.which("fuse-overlayfs") is None:
+        pytest.fail("fuse-overlayfs is not installed: .ci/run installs it (apt-get install fuse-overlayfs)")
+    probe = f"/etc/pytest-isolate-fuse-{os.getpid()}"
+    pytester.makepyfile(
+        f"""
+        import os
+        from pytest_isolate import isolated
+
+        @isolated
+        def test_writes_etc():
+            with open({probe!r}, "w") as handle:
+                handle.write("x")
+            assert os.getpid() == 2
+        """
+    )
+    run(pytester, "-o", "isolate_storage=fuse").assert_outcomes(passed=1)
+    assert not os.path.exists(probe)
+
+
+def test_copy_refuses_the_host_root(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        from pytest_isolate import isolated
+
+        @isolated
+        def test_it():
+            pass
+        """
+    )
+    assert failure_lines(run(pytester, "-o", "isolate_storage=copy")) == [
+        "ERROR test_copy_refuses_the_host_root.py::test_it - pytest-isolate could not copy the root filesystem: "
+        "isolate_storage = copy cannot copy the host's whole root for every test"
+    ]
+
+
+def test_unknown_driver(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("from pytest_isolate import isolated\n\n@isolated\ndef test_it():\n    pass\n")
+    assert failure_lines(run(pytester, "-o", "isolate_storage=zfs")) == [
+        "ERROR test_unknown_driver.py::test_it - pytest-isolate could not choose a storage driver: "
+        "isolate_storage = zfs is not one of auto, overlay, fuse, copy"
+    ]
