@@ -273,7 +273,7 @@ def _failed_report(item: pytest.Item, when: str, message: str, sections: list[tu
     )
 
 
-def crash_longrepr(item: pytest.Item, message: str) -> object:
+def crash_longrepr(item: pytest.Item, message: str) -> Any:
     """A failure representation that says ``message`` without faking an exception.
 
     A plain string would do on pytest 9, but pytest 8's ``-ra`` summary only

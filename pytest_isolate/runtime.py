@@ -425,7 +425,7 @@ def _with_cpu_time(usage: Usage | None, cpu_seconds: float | None) -> Usage | No
 def _fds_shared_with(pid: int) -> tuple[int, ...]:
     """Our pipes and sockets whose other end is open in process ``pid``."""
     def links(process: str) -> dict[str, int]:
-        found = {}
+        found: dict[str, int] = {}
         try:
             names = os.listdir(f"/proc/{process}/fd")
         except OSError:

@@ -227,7 +227,7 @@ class CgroupV1:
     @classmethod
     def detect(cls) -> CgroupV1 | None:
         own = _own_cgroup_paths()
-        parents = {}
+        parents: dict[str, str] = {}
         for entry in read_mounts():
             if entry.fstype != "cgroup":
                 continue
@@ -259,7 +259,7 @@ class CgroupV1:
 
     def create(self, spec: IsolationSpec) -> _V1TestCgroup:
         self._counter += 1
-        dirs = {}
+        dirs: dict[str, str] = {}
         try:
             for controller in self._needed_controllers(spec):
                 group_dir = os.path.join(self.parents[controller], self.group)

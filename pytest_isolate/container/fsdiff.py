@@ -36,7 +36,7 @@ class Change:
 
 def overlay_layers(plan: MountPlan) -> list[tuple[str, str, tuple[str, ...]]]:
     """(upper directory name, container path, host lower paths) per overlay, as rootfs numbers them."""
-    layers = []
+    layers: list[tuple[str, str, tuple[str, ...]]] = []
     for op in plan.ops:
         if op.kind == "overlay":
             assert op.source is not None

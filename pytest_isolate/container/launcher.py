@@ -224,9 +224,9 @@ class _reported:
 
         return step
 
-    def __exit__(self, kind, error, _traceback) -> bool:  # type: ignore[no-untyped-def]
+    def __exit__(self, kind, error, _traceback) -> None:  # type: ignore[no-untyped-def]
         if error is None:
-            return False
+            return
         if isinstance(error, ContainerError):
             self.channel.send("error", stage=error.stage, reason=error.reason, advice=error.advice)
         elif isinstance(error, OSError):
