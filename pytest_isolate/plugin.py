@@ -248,11 +248,11 @@ def _isolated_attempt(item: pytest.Item, nextitem: pytest.Item | None, log: bool
     """One attempt of an isolated item for pytest-rerunfailures (None: not ours)."""
     if SPEC_KEY not in item.stash or forwarding.inside_container:
         return None
-    from pytest_isolate.protocol import _failed_report_for, isolated_runtestprotocol
+    from pytest_isolate.protocol import isolated_runtestprotocol, setup_error_reports
 
     spec = _spec_to_run(item)
     if isinstance(spec, str):
-        return _failed_report_for(item, spec, log)
+        return setup_error_reports(item, spec, log)
     return isolated_runtestprotocol(_runtime(item.config), item, nextitem, spec, log=log)
 
 
@@ -260,13 +260,7 @@ def _runtime(config: pytest.Config) -> Runtime:
     if RUNTIME_KEY not in config.stash:
         from pytest_isolate.runtime import Runtime
 
-        settings = config.stash[SETTINGS_KEY]
-        runtime = Runtime(
-            config,
-            budget_strict=settings.budget_strict,
-            diff_wanted=settings.diff or bool(settings.diff_fail),
-        )
-        runtime.diff_settings = (settings.diff, settings.diff_fail)
+        runtime = Runtime(config, config.stash[SETTINGS_KEY])
         config.stash[RUNTIME_KEY] = runtime
         if runtime.cleaned:
             reporter = config.pluginmanager.get_plugin("terminalreporter")

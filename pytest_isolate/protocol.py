@@ -86,8 +86,8 @@ def isolated_runtestprotocol(
             result = None
         else:
             result = _run_container(runtime, item, spec)
-            reports, warnings_seen = _rebuild(item, spec, result, budget_strict=runtime.budget_strict)
-            _apply_changes(item, result, reports, *runtime.diff_settings)
+            reports, warnings_seen = _rebuild(item, spec, result, budget_strict=runtime.settings.budget_strict)
+            _apply_changes(item, result, reports, runtime.settings.diff, runtime.settings.diff_fail)
         child_teardown = reports.pop() if reports and reports[-1].when == "teardown" else None
         for report in reports:
             emit(report)
@@ -119,7 +119,8 @@ def isolated_runtestprotocol(
     return logged
 
 
-def _failed_report_for(item: pytest.Item, message: str, log: bool) -> list[pytest.TestReport]:
+def setup_error_reports(item: pytest.Item, message: str, log: bool) -> list[pytest.TestReport]:
+    """The reports of an item that fails at setup with ``message`` (for pytest-rerunfailures' loop)."""
     report = _failed_report(item, "setup", message, [], ContainerResult(messages=[]))
     if log:
         item.ihook.pytest_runtest_logreport(report=report)

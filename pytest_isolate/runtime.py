@@ -44,18 +44,20 @@ from pytest_isolate.spec import IsolationSpec
 if TYPE_CHECKING:
     import pytest
 
+    from pytest_isolate.plugin import Settings
+
 
 # After a timeout kill, how long to wait for the pipe to close before giving up.
 KILL_GRACE_SECONDS = 10.0
 
 
 class Runtime:
-    def __init__(self, config: pytest.Config, *, budget_strict: bool = False, diff_wanted: bool = False) -> None:
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
         self.config = config
+        self.settings = settings
         self.net_range = str(config.getini("isolate_net_range"))
-        self.budget_strict = budget_strict
-        self.diff_wanted = diff_wanted
-        self.diff_settings: tuple[bool, tuple[str, ...]] = (False, ())  # (show, fail prefixes)
+        # --isolate-diff or isolate_diff_fail: containers keep their layers open for reading.
+        self.diff_wanted = settings.diff or bool(settings.diff_fail)
         # Not root: rootless containers, in a user namespace of our own.
         self.rootless = os.geteuid() != 0
         self.userns_problem = None if not self.rootless else _userns_problem()
