@@ -16,6 +16,13 @@ class ChannelWriter:
     def __init__(self, fd: int) -> None:
         self.fd = fd
 
+    def try_send(self, kind: str, **fields: Any) -> None:
+        """Send, unless pytest no longer reads (it ended the container already)."""
+        try:
+            self.send(kind, **fields)
+        except OSError:  # EPIPE: pytest has what it needs and closed its end
+            pass
+
     def send(self, kind: str, **fields: Any) -> None:
         line = json.dumps({"kind": kind, **fields}, default=repr).encode() + b"\n"
         view = memoryview(line)

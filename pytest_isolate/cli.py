@@ -44,7 +44,8 @@ def info(as_json: bool) -> int:
         " Marker Arguments:",
     ]
     for name, (works, why) in support.items():
-        lines.append(f"  {name:9} {'yes' if works else 'no: ' + why}")
+        answer = ("yes" + (f", {why}" if why else "")) if works else f"no: {why}"
+        lines.append(f"  {name:9} {answer}")
     print("\n".join(lines))
     return 0
 

@@ -77,10 +77,15 @@ def summary_facts(storage_setting: str = "auto") -> dict[str, Any]:
 def argument_support(facts: dict[str, Any]) -> dict[str, tuple[bool, str]]:
     """Marker argument -> (works here, why not and the fix)."""
     root = facts["root"]
-    container = root and facts["storage_driver"] in ("overlay", "fuse")
-    need_root = "needs root: run pytest as root (rootless mode is not built yet)"
-    no_overlay = "needs the overlay filesystem: modprobe overlay"
-    why_not = "" if container else (need_root if not root else no_overlay)
+    storage = facts["storage_driver"] in ("overlay", "fuse")
+    userns = root or user_namespaces()["allowed"]
+    container = storage and userns
+    if not storage:
+        why_not = "needs the overlay filesystem (modprobe overlay) or fuse-overlayfs"
+    elif not userns:
+        why_not = "needs root, or user namespaces for rootless containers (sysctl user.max_user_namespaces=15000)"
+    else:
+        why_not = ""
     controllers = set(facts["cgroup_controllers"])
 
     def limit(controller: str) -> tuple[bool, str]:
@@ -88,9 +93,14 @@ def argument_support(facts: dict[str, Any]) -> dict[str, tuple[bool, str]]:
             return False, why_not
         if controller not in controllers:
             return False, f"needs the {controller} cgroup controller, which this host does not offer"
+        if not root and facts["cgroup_version"] == 1:
+            return False, "cgroup v1 cannot be delegated to a user: run as root, or isolate_limits_fallback = rlimit"
+        if not root:
+            return True, "only in a cgroup delegated to you (systemd-run --user --scope -p Delegate=yes pytest ...)"
         return True, ""
 
-    support = {name: (container, why_not) for name in ("net", "net_rate", "hostname", "rootfs", "disk", "timeout", "caps", "user")}
+    names = ("net", "net_rate", "hostname", "rootfs", "disk", "timeout", "caps", "user")
+    support = {name: (container, why_not) for name in names}
     support["mem"] = limit("memory")
     support["cpu"] = limit("cpu")
     support["pids"] = limit("pids")
@@ -101,5 +111,5 @@ def header_line(storage_setting: str = "auto") -> str:
     facts = summary_facts(storage_setting)
     cgroup = f"cgroup v{facts['cgroup_version']}" if facts["cgroup_version"] else "no cgroups"
     storage = facts["storage_driver"] or "no overlay"
-    user = "root" if facts["root"] else f"uid {os.geteuid()} (containers need root)"
+    user = "root" if facts["root"] else f"uid {os.geteuid()} (rootless)"
     return f"isolate: {storage} on {facts['root_filesystem']}, {cgroup} ({' '.join(facts['cgroup_controllers'])}), {user}"

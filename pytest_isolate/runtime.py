@@ -93,7 +93,10 @@ class Runtime:
 
             wait_for_links_gone(netsetup.created)
             netsetup.created.clear()
-        os.close(self.own_pid_namespace)
+        try:
+            os.close(self.own_pid_namespace)
+        except OSError:
+            pass  # already closed (a nested run of pytest inside a container shares our objects)
         if self.cgroups is not None:
             self.cgroups.remove_session_group()
 
@@ -413,7 +416,11 @@ def _fork(body: Callable[[ContainerJob], NoReturn], job: ContainerJob) -> int:
         warnings.simplefilter("ignore", DeprecationWarning)
         pid = os.fork()
     if pid == 0:
-        body(job)
+        try:
+            body(job)
+        finally:
+            # Whatever happens in the child, it never returns into pytest.
+            os._exit(1)
     return pid
 
 

@@ -151,7 +151,7 @@ def run_rootless_launcher(job: ContainerJob) -> NoReturn:
         # init's pipe yet, for a test that crashed).
         os.kill(init_pid, signal.SIGKILL)
         os.waitpid(init_pid, 0)
-        job.channel.send("status", status=status)
+        job.channel.try_send("status", status=status)
     os._exit(0)
 
 
@@ -228,13 +228,13 @@ class _reported:
         if error is None:
             return
         if isinstance(error, ContainerError):
-            self.channel.send("error", stage=error.stage, reason=error.reason, advice=error.advice)
+            self.channel.try_send("error", stage=error.stage, reason=error.reason, advice=error.advice)
         elif isinstance(error, OSError):
             reason = f"{error.strerror or error}" + (f" ({error.filename})" if error.filename else "")
-            self.channel.send("error", stage=self.stage, reason=reason, advice=_advice(error))
+            self.channel.try_send("error", stage=self.stage, reason=reason, advice=_advice(error))
         else:
             text = "".join(traceback.format_exception(kind, error, _traceback))
-            self.channel.send("error", stage=self.stage, reason=text, advice="")
+            self.channel.try_send("error", stage=self.stage, reason=text, advice="")
         os._exit(1)
 
 

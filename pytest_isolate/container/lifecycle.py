@@ -46,7 +46,13 @@ class ContainerProcesses:
 
     def reap_test(self, *, block: bool = True) -> bool:
         if self.test_status is None and self.test_pid:
-            pid, status, rusage = os.wait4(self.test_pid, 0 if block else os.WNOHANG)
+            try:
+                pid, status, rusage = os.wait4(self.test_pid, 0 if block else os.WNOHANG)
+            except ChildProcessError:
+                # Reaped by someone else (a test's own os.wait() in pytest's
+                # process, say): gone all the same, its status unknown.
+                self.test_pid = 0
+                return True
             if pid == 0:
                 return False
             self.test_status = status
@@ -55,7 +61,10 @@ class ContainerProcesses:
 
     def reap_init(self, *, block: bool = True) -> bool:
         if not self.init_reaped and self.init_pid and self.init_is_ours:
-            pid, _ = os.waitpid(self.init_pid, 0 if block else os.WNOHANG)
+            try:
+                pid, _ = os.waitpid(self.init_pid, 0 if block else os.WNOHANG)
+            except ChildProcessError:
+                pid = self.init_pid  # reaped by someone else: gone all the same
             if pid == 0:
                 return False
         self.init_reaped = True
