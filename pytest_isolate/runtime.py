@@ -70,6 +70,7 @@ class Runtime:
         self.routing = ReportRouting(config)
         self.graveyard = Graveyard()
         self._images: dict[str, list[str]] = {}
+        self._image_roots: dict[str, list[MountOp]] = {}
         self._userns_host_ops: list[MountOp] | None = None
         self._storage: str | None = None
         self.hardening = Hardening.for_this_host()
@@ -106,7 +107,7 @@ class Runtime:
     def plan_for(self, item: pytest.Item, spec: IsolationSpec) -> MountPlan:
         userns = self.in_user_namespace(spec)
         if spec.rootfs != "host":
-            root = image_ops(self.image_layers(spec.rootfs), self._python_paths())
+            root = self._image_root(spec.rootfs)
         elif userns and not self.rootless:  # user=True as root: the host root as rootless sees it
             if self._userns_host_ops is None:
                 self._userns_host_ops = rootless_host_ops(read_mounts())
@@ -149,6 +150,12 @@ class Runtime:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.write_line(f"pytest-isolate: {line}")
+
+    def _image_root(self, name: str) -> list[MountOp]:
+        """An image's root ops, worked out once per session (they scan sys.path)."""
+        if name not in self._image_roots:
+            self._image_roots[name] = image_ops(self.image_layers(name), self._python_paths())
+        return self._image_roots[name]
 
     def _python_paths(self) -> list[str]:
         """What the forked test's Python reads, kept at its host path in an image."""

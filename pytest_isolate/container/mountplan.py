@@ -85,9 +85,6 @@ class MountPlan:
         """A file with ``content`` at ``target``, kept out of the writable layer (and of --isolate-diff)."""
         self.ops.append(MountOp("file", target, source=content))
 
-    def copy(self) -> MountPlan:
-        return MountPlan(list(self.ops))
-
     def describe(self) -> str:
         return "\n".join(op.describe() for op in self.ops)
 

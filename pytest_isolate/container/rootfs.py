@@ -258,7 +258,7 @@ def build_root(
     return stage_fd
 
 
-def mount_proc(target: str = "/proc") -> None:
+def mount_proc(target: str) -> None:
     """Mount the proc of the calling process's PID namespace (call from inside it)."""
     flags = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
     try:
