@@ -18,10 +18,13 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from pytest_isolate import output
+
 if TYPE_CHECKING:
     import pytest
 
     from pytest_isolate.channel import ChannelWriter
+    from pytest_isolate.messages import RecordedWarning
 
 ROUTED_HOOKS = (
     "pytest_runtest_logstart",
@@ -29,6 +32,9 @@ ROUTED_HOOKS = (
     "pytest_runtest_logfinish",
     "pytest_warning_recorded",
 )
+
+# A failure's representation longer than this travels as its cut text.
+LONGREPR_LIMIT = 2 << 20
 
 # Set in the test process, so the plugin's protocol hook lets pytest's
 # default protocol run the test there instead of forking again.
@@ -47,7 +53,12 @@ class ReportForwarder:
         # in the test process (pytest 9's subtests fail the test that
         # "contains 1 failed subtest" here), as pytest-xdist's workers do.
         self.config.hook.pytest_report_teststatus(report=report, config=self.config)
+        # pytest takes only so much from a container: long output is cut to
+        # its head and tail here, where the test can still say how much.
+        report.sections = [(title, output.cut(text)) for title, text in report.sections]
         data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
+        if len(str(data.get("longrepr"))) > LONGREPR_LIMIT:
+            data["longrepr"] = output.cut(report.longreprtext)
         self.channel.send("report", report=data)
 
     def pytest_warning_recorded(
@@ -58,7 +69,7 @@ class ReportForwarder:
         category = warning_message.category
         self.channel.send(
             "warning",
-            message=str(warning_message.message),
+            message=output.cut(str(warning_message.message)),
             category=f"{category.__module__}.{category.__qualname__}",
             filename=warning_message.filename,
             lineno=warning_message.lineno,
@@ -106,12 +117,10 @@ class ReportRouting:
             setattr(self.config.hook, name, caller)
 
 
-def rebuild_warning(message: dict[str, Any]) -> warnings.WarningMessage:
+def rebuild_warning(message: RecordedWarning) -> warnings.WarningMessage:
     """A WarningMessage for the parent's ``pytest_warning_recorded`` replay."""
-    category = _resolve_category(message["category"])
-    return warnings.WarningMessage(
-        category(message["message"]), category, message["filename"], message["lineno"]
-    )
+    category = _resolve_category(message.category)
+    return warnings.WarningMessage(category(message.message), category, message.filename, message.lineno)
 
 
 def _resolve_category(qualified: str) -> type[Warning]:

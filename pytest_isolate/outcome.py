@@ -6,12 +6,12 @@ import dataclasses
 import os
 import re
 import signal
-from typing import Any
 
 import pytest
 
 from pytest_isolate.container.cgroups import Usage
 from pytest_isolate.container.fsdiff import Change
+from pytest_isolate.messages import Coverage, Error, Message, Ready, RecordedWarning, Report
 from pytest_isolate.spec import IsolationSpec, format_bytes
 
 SECTION = "pytest-isolate"
@@ -23,9 +23,16 @@ class IsolateBudgetWarning(pytest.PytestWarning):
 
 @dataclasses.dataclass
 class ContainerResult:
-    """Everything the parent learnt from one container run."""
+    """Everything the parent learnt from one container run, each message already parsed."""
 
-    messages: list[dict[str, Any]]
+    reports: list[Report] = dataclasses.field(default_factory=list)
+    warnings: list[RecordedWarning] = dataclasses.field(default_factory=list)
+    coverage: list[Coverage] = dataclasses.field(default_factory=list)
+    error: Error | None = None  # the first error the container reported
+    ready: Ready | None = None
+    violation: str | None = None  # why the container's messages were refused, if they were
+    leftover_output: tuple[str, str] = ("", "")  # after a crash: what the test wrote and never reported
+    changes_note: str = ""  # why --isolate-diff's list is incomplete, if it is
     status: int | None = None  # the test process's wait status, from init
     timed_out: bool = False
     usage: Usage | None = None
@@ -34,9 +41,17 @@ class ContainerResult:
     reported_cpu_seconds: float | None = None  # the test process's own rusage, at "done"
     limits_by: str | None = None  # "cgroup", "rlimit" (rootless fallback) or None (no limits)
 
-    @property
-    def error(self) -> dict[str, Any] | None:
-        return next((m for m in self.messages if m["kind"] == "error"), None)
+    def add(self, message: Message) -> None:
+        if isinstance(message, Report):
+            self.reports.append(message)
+        elif isinstance(message, RecordedWarning):
+            self.warnings.append(message)
+        elif isinstance(message, Coverage):
+            self.coverage.append(message)
+        elif isinstance(message, Ready):
+            self.ready = message
+        elif isinstance(message, Error) and self.error is None:
+            self.error = message
 
 
 def memory_limit(spec: IsolationSpec) -> str:
@@ -46,6 +61,8 @@ def memory_limit(spec: IsolationSpec) -> str:
 def crash_message(spec: IsolationSpec, result: ContainerResult) -> str:
     """Why the test stopped without finishing, in one line (the ``-ra`` line)."""
     usage = result.usage or Usage()
+    if result.violation is not None:
+        return violation_message(result.violation)
     if result.timed_out:
         return f"isolated test exceeded timeout={spec.timeout:g}s; all its processes were killed"
     if usage.oom_kills and spec.mem is not None:
@@ -53,14 +70,18 @@ def crash_message(spec: IsolationSpec, result: ContainerResult) -> str:
         return f"isolated test was killed for exceeding the memory limit {memory_limit(spec)} (peak {peak})"
     error = result.error
     if error is not None:
-        text = f"pytest-isolate could not {error['stage']}: {error['reason'].rstrip()}"
-        return f"{text}\n{error['advice']}" if error.get("advice") else text
+        text = f"pytest-isolate could not {error.stage}: {error.reason.rstrip()}"
+        return f"{text}\n{error.advice}" if error.advice else text
     status = result.status
     if status is not None and os.WIFSIGNALED(status):
         return f"isolated test died of signal {_signal_name(os.WTERMSIG(status))}"
     if status is not None and os.WIFEXITED(status):
         return f"isolated test process exited with code {os.WEXITSTATUS(status)} before it finished"
     return "isolated test ended without a report (its container was killed)"
+
+
+def violation_message(reason: str) -> str:
+    return f"the isolated test sent an invalid message: {reason}; its container was ended"
 
 
 def _signal_name(number: int) -> str:

@@ -36,6 +36,8 @@ HELP = {
     "budget_cpu": "soft bound on the CPU seconds of each isolated test: a passing test above it is reported",
     "net_rate": 'bandwidth limit on every interface of the container, loopback included, e.g. "1mbit"',
     "user": "run isolated tests in a user namespace: root inside is the unprivileged user nobody outside",
+    "inherit_fds": "let isolated tests keep pytest's open files and sockets (a session fixture's connection): "
+    "for trusted tests only, see SECURITY.md",
     "caps": "capabilities added to the test's reduced default set, comma-separated (e.g. SYS_PTRACE); see SECURITY.md",
 }
 ISOLATE_ALL_HELP = "run every test in its own container, not only those marked @isolated"
@@ -100,8 +102,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("isolate_diff_fail", DIFF_FAIL_HELP, type="args", default=[])
     for argument in ARGUMENTS:
         flag = f"--isolate-{argument.replace('_', '-')}"
-        if argument == "user":  # a switch: --isolate-user
-            group.addoption(flag, dest="isolate_user", action="store_const", const="true", default=None, help=HELP[argument])
+        if argument in ("user", "inherit_fds"):  # a switch: --isolate-user, --isolate-inherit-fds
+            group.addoption(flag, dest=f"isolate_{argument}", action="store_const", const="true", default=None, help=HELP[argument])
         else:
             group.addoption(flag, dest=f"isolate_{argument}", metavar="VALUE", default=None, help=HELP[argument])
         parser.addini(f"isolate_{argument}", HELP[argument], default="")

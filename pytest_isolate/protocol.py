@@ -25,6 +25,7 @@ from pytest_isolate import coverage_bridge, rerun, scopes
 from pytest_isolate.container import fsdiff
 from pytest_isolate.errors import ContainerError
 from pytest_isolate.forwarding import rebuild_warning
+from pytest_isolate.messages import Error, RecordedWarning
 from pytest_isolate.outcome import (
     NO_NETWORK_NOTE,
     SECTION,
@@ -36,6 +37,7 @@ from pytest_isolate.outcome import (
     limit_notes,
     looks_like_network_failure,
     usage_properties,
+    violation_message,
 )
 
 if TYPE_CHECKING:
@@ -66,7 +68,7 @@ def isolated_runtestprotocol(
     """
     ihook = item.ihook
     logged: list[pytest.TestReport] = []
-    warnings_seen: list[dict[str, Any]] = []
+    warnings_seen: list[RecordedWarning] = []
     rerunfailures = item.config.pluginmanager.hasplugin("rerunfailures")
     if rerunfailures:
         rerun.begin_attempt(item)
@@ -109,19 +111,14 @@ def isolated_runtestprotocol(
         scopes.release_request(item)
     for message in warnings_seen:
         ihook.pytest_warning_recorded.call_historic(
-            kwargs=dict(
-                warning_message=rebuild_warning(message),
-                when=message["when"],
-                nodeid=message["nodeid"],
-                location=None,
-            )
+            kwargs=dict(warning_message=rebuild_warning(message), when=message.when, nodeid=item.nodeid, location=None)
         )
     return logged
 
 
 def setup_error_reports(item: pytest.Item, message: str, log: bool) -> list[pytest.TestReport]:
     """The reports of an item that fails at setup with ``message`` (for pytest-rerunfailures' loop)."""
-    report = _failed_report(item, "setup", message, [], ContainerResult(messages=[]))
+    report = _failed_report(item, "setup", message, [], ContainerResult())
     if log:
         item.ihook.pytest_runtest_logreport(report=report)
     return [report]
@@ -131,7 +128,7 @@ def report_setup_error(item: pytest.Item, message: str) -> None:
     """Fail ``item`` at setup without running anything of it."""
     ihook = item.ihook
     ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-    ihook.pytest_runtest_logreport(report=_failed_report(item, "setup", message, [], ContainerResult(messages=[])))
+    ihook.pytest_runtest_logreport(report=_failed_report(item, "setup", message, [], ContainerResult()))
     ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
 
 
@@ -141,30 +138,21 @@ def _run_container(runtime: Runtime, item: pytest.Item, spec: IsolationSpec) -> 
         plan = runtime.plan_for(item, spec)
         result = runtime.launch(item, spec, plan, rlimits=enforcement == "rlimit")
     except ContainerError as error:
-        return ContainerResult(
-            messages=[{"kind": "error", "stage": error.stage, "reason": error.reason, "advice": error.advice}]
-        )
+        return ContainerResult(error=Error(error.stage, error.reason, error.advice))
     except (OSError, ValueError, RuntimeError) as error:
         # A bug or an unforeseen host: fail this test with the reason, keep
         # the session going (never an INTERNALERROR).
         reason = "".join(traceback.format_exception_only(type(error), error)).strip()
-        return ContainerResult(messages=[{"kind": "error", "stage": "run the container", "reason": reason, "advice": ""}])
+        return ContainerResult(error=Error("run the container", reason, ""))
     item.config.hook.pytest_isolate_usage(item=item, spec=spec, usage=result.usage)
     return result
 
 
 def _rebuild(
     item: pytest.Item, spec: IsolationSpec, result: ContainerResult, *, budget_strict: bool
-) -> tuple[list[pytest.TestReport], list[dict[str, Any]]]:
-    config = item.config
-    reports = [_from_json(config, message["report"]) for message in result.messages if message["kind"] == "report"]
-    warnings_seen = [message for message in result.messages if message["kind"] == "warning"]
-    for message in result.messages:
-        if message["kind"] == "coverage":
-            coverage_bridge.store(message["data"])
-    # Always drain: what the test's daemons wrote after its last phase must
-    # not be blamed on the next test.
-    leftover = _leftover_output(item)
+) -> tuple[list[pytest.TestReport], list[RecordedWarning]]:
+    reports = _reports_from(item, result)
+    _store_coverage(result)
     notes = limit_notes(spec, result)
     for report in reports:
         report_notes = list(notes)
@@ -177,12 +165,62 @@ def _rebuild(
                 report_notes.append(library_note)
         if report.failed and report_notes and report.when != "teardown":
             report.sections.append((SECTION, "\n".join(report_notes)))
-    reports = _complete(item, spec, result, reports, leftover)
+    reports = _complete(item, spec, result, reports)
+    _fail_for_violation(item, result, reports)
     properties = usage_properties(spec, result)
     for report in reports:
         report.user_properties.extend(properties)
+    # A container that broke the protocol is heard no further than its reports.
+    warnings_seen = list(result.warnings) if result.violation is None else []
     warnings_seen += _check_budgets(item, spec, result, reports, strict=budget_strict)
     return reports, warnings_seen
+
+
+def _reports_from(item: pytest.Item, result: ContainerResult) -> list[pytest.TestReport]:
+    """The container's reports as pytest reports; the first that pytest cannot rebuild is a violation."""
+    config = item.config
+    keywords: dict[str, Any] = dict.fromkeys(item.keywords, 1)
+    reports = []
+    for message in result.reports:
+        try:
+            report = _from_json(config, message.data)
+            if report.failed:
+                report.longreprtext  # noqa: B018  renders it: a representation that cannot render fails here, not in the summary
+        except Exception as error:  # the container chose the data: any failure to rebuild is its fault
+            result.violation = f"a {message.when} report pytest cannot rebuild ({type(error).__name__}: {error})"
+            break
+        # Which test and where: the host's knowledge, never the container's word.
+        report.nodeid = item.nodeid
+        report.location = item.location
+        report.keywords = keywords  # type: ignore[assignment]
+        reports.append(report)
+    return reports
+
+
+def _store_coverage(result: ContainerResult) -> None:
+    if not result.coverage or result.violation is not None:
+        return
+    branch = coverage_bridge.measures_arcs()
+    for measured in result.coverage:
+        if branch is not None and measured.arcs != branch:
+            result.violation = "coverage data measured as " + ("arcs" if measured.arcs else "lines") + ", unlike pytest's"
+            return
+        coverage_bridge.store(measured)
+
+
+def _fail_for_violation(item: pytest.Item, result: ContainerResult, reports: list[pytest.TestReport]) -> None:
+    """A container that broke the protocol fails its test, even after reporting a pass."""
+    if result.violation is None:
+        return
+    message = violation_message(result.violation)
+    target = next((report for report in reports if report.when == "call"), reports[-1] if reports else None)
+    if target is None or message in target.longreprtext:
+        return
+    if target.failed:
+        target.sections.append((SECTION, message))
+    else:
+        target.outcome = "failed"
+        target.longrepr = crash_longrepr(item, message)
 
 
 def _apply_changes(
@@ -195,7 +233,10 @@ def _apply_changes(
     if call is None:
         return
     if show:
-        call.sections.append((f"{SECTION}: files changed", "\n".join(map(str, result.changes)) or "none"))
+        listing = "\n".join(map(str, result.changes)) or "none"
+        if result.changes_note:
+            listing += f"\n({result.changes_note})"
+        call.sections.append((f"{SECTION}: files changed", listing))
     offending = fsdiff.under(result.changes, list(fail_under))
     if offending and call.passed:
         call.outcome = "failed"
@@ -207,7 +248,7 @@ def _apply_changes(
 
 def _check_budgets(
     item: pytest.Item, spec: IsolationSpec, result: ContainerResult, reports: list[pytest.TestReport], *, strict: bool
-) -> list[dict[str, Any]]:
+) -> list[RecordedWarning]:
     """A passing test over a soft budget: a warning, or (strict) a failure."""
     overruns = budget_overruns(spec, result.usage)
     call = next((report for report in reports if report.when == "call"), None)
@@ -218,16 +259,8 @@ def _check_budgets(
         call.outcome = "failed"
         call.longrepr = crash_longrepr(item, message)
         return []
-    return [
-        {
-            "message": message,
-            "category": f"{IsolateBudgetWarning.__module__}.{IsolateBudgetWarning.__qualname__}",
-            "filename": str(item.path),
-            "lineno": (item.location[1] or 0) + 1,
-            "when": "runtest",
-            "nodeid": item.nodeid,
-        }
-    ]
+    category = f"{IsolateBudgetWarning.__module__}.{IsolateBudgetWarning.__qualname__}"
+    return [RecordedWarning(message, category, str(item.path), (item.location[1] or 0) + 1, "runtest")]
 
 
 def _from_json(config: pytest.Config, data: dict[str, Any]) -> pytest.TestReport:
@@ -245,7 +278,6 @@ def _complete(
     spec: IsolationSpec,
     result: ContainerResult,
     reports: list[pytest.TestReport],
-    leftover: tuple[str, str],
 ) -> list[pytest.TestReport]:
     """Add a failed report for the phase the container died in, and close the rest."""
     phases = [report.when for report in reports if report.nodeid == item.nodeid]
@@ -253,11 +285,29 @@ def _complete(
         return reports
     setup_failed = any(r.when == "setup" and not r.passed for r in reports)
     dead_in = "setup" if "setup" not in phases else ("teardown" if "call" in phases or setup_failed else "call")
-    out, err = leftover
+    if dead_in == "teardown" and result.violation is not None and "call" in phases:
+        # Ended for what it sent, after its call: the call report fails (see
+        # _fail_for_violation); the teardown only closes the sequence.
+        reports.append(_closing_teardown(item, result))
+        return reports
+    out, err = result.leftover_output
     sections = [(f"Captured stdout {dead_in}", out)] if out else []
     sections += [(f"Captured stderr {dead_in}", err)] if err else []
     reports.append(_failed_report(item, dead_in, crash_message(spec, result), sections, result))
     return reports
+
+
+def _closing_teardown(item: pytest.Item, result: ContainerResult) -> pytest.TestReport:
+    return pytest.TestReport(
+        nodeid=item.nodeid,
+        location=item.location,
+        keywords=dict.fromkeys(item.keywords, 1),
+        outcome="passed",
+        longrepr=None,
+        when="teardown",
+        duration=0.0,
+        user_properties=list(item.user_properties),
+    )
 
 
 def _failed_report(item: pytest.Item, when: str, message: str, sections: list[tuple[str, str]], result: ContainerResult) -> pytest.TestReport:
@@ -290,15 +340,6 @@ def crash_longrepr(item: pytest.Item, message: str) -> Any:
     first_line = message.splitlines()[0]
     location = ReprFileLocation(str(item.path), (item.location[1] or 0) + 1, first_line)
     return ExceptionChainRepr([(ReprTracebackNative([message + "\n"]), location, None)])
-
-
-def _leftover_output(item: pytest.Item) -> tuple[str, str]:
-    """What a crashed test wrote to the captured fds but never reported."""
-    capman = item.config.pluginmanager.getplugin("capturemanager")
-    if capman is None:
-        return "", ""
-    out, err = capman.read_global_capture()
-    return out, err
 
 
 @contextlib.contextmanager

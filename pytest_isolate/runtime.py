@@ -38,7 +38,9 @@ from pytest_isolate.container.netsetup import ContainerNetwork
 from pytest_isolate.container.network import hosts_file
 from pytest_isolate.errors import ContainerError
 from pytest_isolate.forwarding import ReportRouting
+from pytest_isolate.messages import Done, Parser, ProtocolViolation, Ready
 from pytest_isolate.outcome import ContainerResult
+from pytest_isolate.output import CaptureFiles, CapturePlan
 from pytest_isolate.spec import IsolationSpec
 
 if TYPE_CHECKING:
@@ -74,6 +76,9 @@ class Runtime:
         self._userns_host_ops: list[MountOp] | None = None
         self._storage: str | None = None
         self.hardening = Hardening.for_this_host()
+        self.capture_plan = CapturePlan.for_session(config)
+        # Where the test's saved stdin and pytest's --log-file lead in the container.
+        self.null_fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         # The PID namespace children go back to after each container.
         self.own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         self.stage = rootfs.ensure_stage_dir()
@@ -94,10 +99,11 @@ class Runtime:
 
             wait_for_links_gone(netsetup.created)
             netsetup.created.clear()
-        try:
-            os.close(self.own_pid_namespace)
-        except OSError:
-            pass  # already closed (a nested run of pytest inside a container shares our objects)
+        for fd in (self.own_pid_namespace, self.null_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # already closed (a nested run of pytest inside a container shares our objects)
         if self.cgroups is not None:
             self.cgroups.remove_session_group()
 
@@ -230,12 +236,15 @@ class Runtime:
         """
         self.graveyard.sweep(block=False)
         cgroup = self._cgroup_for(spec)
-        result = ContainerResult(messages=[], limits_by="rlimit" if rlimits else ("cgroup" if cgroup else None))
+        result = ContainerResult(limits_by="rlimit" if rlimits else ("cgroup" if cgroup else None))
         processes = ContainerProcesses()
         net = ContainerNetwork(spec, self.net_range)
+        capture = CaptureFiles(self.capture_plan, self.null_fd)
         report_read, report_write = os.pipe()
         init_read, processes.init_write = os.pipe()
         userns = self.in_user_namespace(spec)
+        # The launcher's word on the test's exit, on a pipe the test never holds.
+        status_read, status_write = os.pipe() if userns else (-1, -1)
         # user=True as root: pytest writes the launcher's user map, in a handshake.
         mapping = (os.pipe(), os.pipe()) if userns and not self.rootless else None
         job = ContainerJob(
@@ -249,6 +258,7 @@ class Runtime:
             init_pipe_read=init_read,
             init_pipe_write=processes.init_write,
             close_fds=(*self.foreign_fds, report_read, *_netlink_fds(), *((mapping[0][0], mapping[1][1]) if mapping else ())),
+            capture=capture,
             test_oom_score=self.test_oom_score,
             routing=self.routing,
             hardening=self.hardening,
@@ -258,6 +268,8 @@ class Runtime:
             rlimits=rlimits_for(spec) if rlimits else (),
             user_sync=(mapping[0][1], mapping[1][0]) if mapping else None,
             storage=self.storage_driver(),
+            status_fd=status_write,
+            inherit_fds=spec.inherit_fds,
         )
         started = time.monotonic()
         finished_cleanly = False
@@ -272,12 +284,19 @@ class Runtime:
                 self._start_in_new_pid_namespace(job, processes)
             os.close(report_write)
             report_write = -1
+            if status_write >= 0:
+                os.close(status_write)
+                status_write = -1
             net.after_fork(processes.test_pid)
-            finished_cleanly = self._watch(result, processes, report_read, spec.timeout, cgroup, started, plan)
+            parser = Parser(item.nodeid)
+            finished_cleanly = self._watch(result, processes, report_read, parser, spec.timeout, cgroup, started, plan)
         finally:
-            for fd in (report_write, init_read, report_read, *(fd for pair in mapping or () for fd in pair)):
+            for fd in (report_write, init_read, report_read, status_write, *(fd for pair in mapping or () for fd in pair)):
                 if fd >= 0:
                     os.close(fd)
+            if not finished_cleanly:  # what a crashed test wrote and never reported
+                result.leftover_output = capture.leftover()
+            capture.close()
             result.wall_seconds = time.monotonic() - started
             net.close()
             if finished_cleanly:
@@ -290,9 +309,10 @@ class Runtime:
                     result.usage = cgroup.usage()
                     cgroup.remove()
             result.usage = _with_cpu_time(result.usage, result.reported_cpu_seconds or processes.test_cpu_seconds)
-        for message in result.messages:
-            if message["kind"] == "status":  # rootless: the launcher reports the test's
-                result.status = message["status"]
+            if status_read >= 0:
+                # Rootless: the launcher (our test_pid) has exited, or was killed.
+                result.status = _read_status(status_read) if not finished_cleanly else None
+                os.close(status_read)
         if result.status is None:
             result.status = processes.test_status
         return result
@@ -318,12 +338,17 @@ class Runtime:
         result: ContainerResult,
         processes: ContainerProcesses,
         report_fd: int,
+        parser: Parser,
         timeout: float | None,
         cgroup: TestCgroup | None,
         started: float,
         plan: MountPlan,
     ) -> bool:
-        """Read messages until the test says "done" (True) or its processes are gone (False)."""
+        """Read messages until the test says "done" (True) or its processes are gone (False).
+
+        A message outside the protocol ends the container at once: the test
+        fails with the reason (``result.violation``), and nothing else does.
+        """
         reader = ChannelReader()
         test_exited = os.pidfd_open(processes.test_pid)
         poller = select.poll()
@@ -331,6 +356,12 @@ class Runtime:
         poller.register(test_exited, select.POLLIN)
         deadline = None if timeout is None else started + timeout
         pipe_open = test_running = True
+
+        def kill_container() -> None:
+            kill(processes.test_pid)
+            if cgroup is not None:
+                cgroup.kill_all()
+
         try:
             while pipe_open or test_running:
                 wait_ms = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
@@ -342,21 +373,29 @@ class Runtime:
                             f"its processes were still alive {KILL_GRACE_SECONDS:g}s after SIGKILL",
                         )
                     result.timed_out = True
-                    kill(processes.test_pid)
-                    if cgroup is not None:
-                        cgroup.kill_all()
+                    kill_container()
                     deadline = time.monotonic() + KILL_GRACE_SECONDS
                     continue
                 if report_fd in events:
                     data = os.read(report_fd, 1 << 16)
-                    for message in reader.feed(data):
-                        if message["kind"] == "done" and not result.timed_out:
-                            result.reported_cpu_seconds = message.get("cpu_seconds")
-                            if message.get("stage_fd") is not None:
-                                stage = f"/proc/{processes.test_pid}/fd/{message['stage_fd']}"
-                                result.changes = fsdiff.read_changes(stage, plan)
-                            return True
-                        result.messages.append(message)
+                    try:
+                        for raw in reader.feed(data):
+                            message = parser.parse(raw)
+                            if isinstance(message, Done):
+                                if result.timed_out:
+                                    continue
+                                result.reported_cpu_seconds = message.cpu_seconds
+                                if result.ready is not None and result.ready.stage_fd is not None:
+                                    result.changes, result.changes_note = _read_layers(
+                                        processes.test_pid, result.ready, plan, deadline
+                                    )
+                                return True
+                            result.add(message)
+                    except ProtocolViolation as violation:
+                        result.violation = violation.reason
+                        kill_container()
+                        processes.end_namespace()
+                        return False
                     if not data:
                         pipe_open = False
                         poller.unregister(report_fd)
@@ -370,6 +409,37 @@ class Runtime:
             return False
         finally:
             os.close(test_exited)
+
+
+def _read_layers(pid: int, ready: Ready, plan: MountPlan, deadline: float | None) -> tuple[list[fsdiff.Change], str]:
+    """--isolate-diff: the test's writable layers, read through the descriptor the machinery reported.
+
+    The test may have put anything at that descriptor number since: it is
+    read only if it still is the tmpfs the machinery made (device and inode
+    from "ready", sent before the test's code ran).
+    """
+    assert ready.stage_fd is not None
+    try:
+        stage = os.open(f"/proc/{pid}/fd/{ready.stage_fd}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return [], fsdiff.NOT_READ
+    try:
+        found = os.fstat(stage)
+        if (found.st_dev, found.st_ino) != ready.stage_id:
+            return [], fsdiff.NOT_READ
+        return fsdiff.read_changes(stage, plan, deadline=deadline)
+    finally:
+        os.close(stage)
+
+
+def _read_status(fd: int) -> int | None:
+    """The rootless launcher's report of the test's wait status, if it made one."""
+    os.set_blocking(fd, False)
+    try:
+        text = os.read(fd, 32)
+    except OSError:
+        return None
+    return int(text) if text.strip().isdigit() else None
 
 
 def rlimits_for(spec: IsolationSpec) -> tuple[tuple[int, int], ...]:

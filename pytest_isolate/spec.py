@@ -159,6 +159,15 @@ def parse_user(value: object) -> bool:
     raise _Invalid(expected)
 
 
+def parse_inherit_fds(value: object) -> bool:
+    expected = "True (the test keeps pytest's open files and sockets: for trusted tests only) or False"
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS | _FALSE_WORDS:
+        return value.strip().lower() in _TRUE_WORDS
+    raise _Invalid(expected)
+
+
 def parse_hostname(value: object) -> str:
     expected = "a host name of 1 to 63 letters, digits, '-' and '.'"
     if not isinstance(value, str) or not _HOSTNAME_RE.match(value):
@@ -234,6 +243,7 @@ class IsolationSpec:
     user: bool = False  # a user namespace: root inside is nobody (65534) outside
     net_rate: int | None = None  # bits per second, on every interface of the container
     net_rate_text: str | None = None
+    inherit_fds: bool = False  # keep pytest's open descriptors (trusted tests only)
 
     @property
     def has_limits(self) -> bool:
@@ -255,6 +265,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "budget_cpu": parse_cpu_seconds,
     "net_rate": parse_rate,
     "user": parse_user,
+    "inherit_fds": parse_inherit_fds,
 }
 ARGUMENTS = tuple(PARSERS)
 MARKER_SIGNATURE = (

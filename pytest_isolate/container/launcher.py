@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from pytest_isolate.container.mountplan import MountPlan
     from pytest_isolate.container.netsetup import ContainerNetwork
     from pytest_isolate.forwarding import ReportRouting
+    from pytest_isolate.output import CaptureFiles
     from pytest_isolate.spec import IsolationSpec
 
 INIT_NAME = "pytest-isolate-init"
@@ -95,7 +96,8 @@ class ContainerJob:
     pytest_pid: int
     init_pipe_read: int
     init_pipe_write: int
-    close_fds: tuple[int, ...]
+    close_fds: tuple[int, ...]  # with inherit_fds: what must be closed all the same
+    capture: CaptureFiles
     test_oom_score: str
     routing: ReportRouting
     hardening: Hardening
@@ -105,6 +107,8 @@ class ContainerJob:
     rlimits: tuple[tuple[int, int], ...] = ()  # the fallback when cgroups cannot limit
     user_sync: tuple[int, int] | None = None  # user=True as root: (ready pipe write end, go pipe read end)
     storage: str = "overlay"  # the storage driver: overlay, fuse or copy
+    status_fd: int = -1  # rootless: the launcher reports the test's wait status here, apart from the test
+    inherit_fds: bool = False  # keep pytest's descriptors (trusted tests only)
 
 
 def run_test_process(job: ContainerJob) -> NoReturn:
@@ -144,6 +148,9 @@ def run_rootless_launcher(job: ContainerJob) -> NoReturn:
         if test_pid == 0:
             with _reported(job.channel) as step:
                 libc.set_parent_death_signal(signal.SIGKILL)
+                # The launcher's own descriptors: the test may not report its status.
+                for fd in (job.status_fd, job.init_pipe_read, *(job.user_sync or ())):
+                    _close_quietly(fd)
                 stage_fd = _build_container(job, step)
             _run_test(job, stage_fd)
         _, status = os.waitpid(test_pid, 0)
@@ -151,7 +158,10 @@ def run_rootless_launcher(job: ContainerJob) -> NoReturn:
         # init's pipe yet, for a test that crashed).
         os.kill(init_pid, signal.SIGKILL)
         os.waitpid(init_pid, 0)
-        job.channel.try_send("status", status=status)
+        try:
+            os.write(job.status_fd, b"%d\n" % status)
+        except OSError:
+            pass  # pytest has what it needs and closed its end
     os._exit(0)
 
 
@@ -166,13 +176,18 @@ def _namespace_flags(job: ContainerJob) -> int:
 
 def _leave_pytest(job: ContainerJob, *, parent: int) -> None:
     """Drop what belongs to pytest, and die with it."""
+    # Output goes to this test's own memory files, inside its limits.
+    job.capture.redirect()
     # Only pytest may hold init's pipe, or init would outlive pytest.
     os.close(job.init_pipe_write)
-    for fd in job.close_fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+    if job.inherit_fds:
+        for fd in job.close_fds:
+            _close_quietly(fd)
+    else:
+        # Nothing of pytest's but what the container needs: an inherited
+        # socket ignores the network namespace, an inherited file the
+        # writable layer (pytest's --log-file, a session fixture's files).
+        libc.close_all_except(_descriptors_needed(job))
     # A session of its own: no controlling terminal, so no TIOCSTI into the
     # terminal pytest runs in, and /dev/tty refuses to open.
     os.setsid()
@@ -181,6 +196,21 @@ def _leave_pytest(job: ContainerJob, *, parent: int) -> None:
     libc.set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != parent:  # pytest died before prctl took effect
         os._exit(1)
+
+
+def _descriptors_needed(job: ContainerJob) -> tuple[int, ...]:
+    needed = [*job.capture.plan.keep(), job.channel.fd, job.status_fd, *job.net.container_fds()]
+    if job.rootless:  # the launcher starts init and may wait for its user map
+        needed += [job.init_pipe_read, *(job.user_sync or ())]
+    return tuple(needed)
+
+
+def _close_quietly(fd: int) -> None:
+    if fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def _build_container(job: ContainerJob, step) -> int | None:  # type: ignore[no-untyped-def]
@@ -255,14 +285,21 @@ def _run_test(job: ContainerJob, stage_fd: int | None) -> NoReturn:
     channel = job.channel
     code = 0
     try:
+        # The last word of the machinery: from here on the test's code runs
+        # in this process, and pytest trusts nothing it says about the container.
+        if stage_fd is None:
+            channel.send("ready", stage_fd=None)
+        else:
+            stage = os.fstat(stage_fd)
+            channel.send("ready", stage_fd=stage_fd, stage_id=[stage.st_dev, stage.st_ino])
         job.routing.apply(channel)
         job.item.ihook.pytest_runtest_protocol(item=job.item, nextitem=job.item.parent)
         measured = coverage_bridge.collect()
         if measured is not None:
-            channel.send("coverage", data=measured)
+            channel.send("coverage", **measured)
         _flush_std_streams()
         # Everything is reported: pytest may end the container from here on.
-        channel.send("done", stage_fd=stage_fd, cpu_seconds=_cpu_seconds(), peak_rss=_peak_rss())
+        channel.send("done", cpu_seconds=_cpu_seconds(), peak_rss=_peak_rss())
         if stage_fd is not None:
             while True:  # until pytest has read the layers and ends the namespace
                 signal.pause()

@@ -95,6 +95,10 @@ class ContainerNetwork:
 
     # -------------------------------------------------- in the container
 
+    def container_fds(self) -> tuple[int, ...]:
+        """The descriptors the container keeps for this conversation."""
+        return () if self.theirs is None else (self.theirs.fileno(),)
+
     def after_unshare(self) -> None:
         """Right after the container's network namespace exists."""
         if self.ours is not None:
