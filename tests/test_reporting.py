@@ -110,7 +110,7 @@ def test_junitxml_and_failure_of_isolated_test(pytester: pytest.Pytester) -> Non
          "of the host's own root), an image name from rootfs-images/ or isolate_images such as \"debian-bookworm\", "
          "or the path of a directory; no such directory"),
         ("memory=1", "@isolated got an unknown argument memory=1; the accepted arguments are mem, cpu, pids, "
-         "timeout, net, hostname, rootfs, disk, caps, budget_mem, budget_cpu, net_rate, user"),
+         "timeout, net, hostname, rootfs, disk, caps, budget_mem, budget_cpu, net_rate, user, inherit_fds"),
         ('"64M"', "@isolated(positional argument='64M') is invalid: expected keyword arguments only, e.g. @isolated(mem=\"64M\")"),
     ],
 )

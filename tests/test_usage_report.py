@@ -210,7 +210,8 @@ def test_coverage_counts_lines_run_in_containers(pytester: pytest.Pytester) -> N
     result.stdout.fnmatch_lines(["mod.py * 5 * 1 * 80% * 6"])
 
 
-def test_megabytes_of_output_arrive_whole_and_in_order(pytester: pytest.Pytester) -> None:
+def test_megabytes_of_output_arrive_as_head_and_tail_in_order(pytester: pytest.Pytester) -> None:
+    """6.6 MB of output: the first and last 256 KiB, in order, and a line saying how much was cut."""
     pytester.makepyfile(
         """
         from pytest_isolate import isolated
@@ -224,8 +225,14 @@ def test_megabytes_of_output_arrive_whole_and_in_order(pytester: pytest.Pytester
     )
     result = run(pytester)
     result.assert_outcomes(failed=1)
-    printed = [line for line in result.outlines if line.startswith("line ")]
-    assert printed == [f"line {n:06d} " + "x" * 20 for n in range(200_000)]
+    expected = [f"line {n:06d} " + "x" * 20 for n in range(200_000)]
+    # 33 characters a line: 6,600,000 in all, of which 2 x 262,144 are kept.
+    marker = "[... pytest-isolate cut 6075712 characters of output here ...]"
+    lines = result.outlines
+    cut_at = lines.index(marker)
+    whole = 262_144 // 33  # complete lines in each kept part
+    assert lines[cut_at - whole - 1 : cut_at - 1] == expected[:whole]
+    assert lines[cut_at + 2 : cut_at + 2 + whole] == expected[-whole:]
 
 
 def test_no_capture_shows_output_live(pytester: pytest.Pytester) -> None:

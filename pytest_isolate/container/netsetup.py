@@ -102,7 +102,10 @@ class ContainerNetwork:
     def after_unshare(self) -> None:
         """Right after the container's network namespace exists."""
         if self.ours is not None:
-            self.ours.close()
+            # pytest's end: its descriptor is closed already (the container
+            # keeps only its own), so let go of the number without closing it.
+            self.ours.detach()
+            self.ours = None
         if self.link is not None:
             assert self.theirs is not None
             self.theirs.sendall(b"n")
