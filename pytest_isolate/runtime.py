@@ -9,6 +9,7 @@ dead run's leftovers - is done here once.
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import os
 import resource
 import select
@@ -415,6 +416,11 @@ def _userns_problem() -> str | None:
 def _fork(body: Callable[[ContainerJob], NoReturn], job: ContainerJob) -> int:
     """Fork; the child runs ``body(job)`` and never returns."""
     pid = -1
+    # pytest's faulthandler_timeout arms a watchdog thread around the test;
+    # a child forked while it is armed hangs for good when its own pytest
+    # re-arms it (the watchdog's lock is held by a thread it does not have).
+    # The child arms its own, which then reports the test's stack.
+    faulthandler.cancel_dump_traceback_later()
     with warnings.catch_warnings():
         # Python 3.12 warns about fork() in a process with threads (pytest-
         # xdist's execnet has one); the child touches none of their locks,
