@@ -37,7 +37,12 @@ HELP = {
     "net_rate": 'bandwidth limit on every interface of the container, loopback included, e.g. "1mbit"',
     "user": "run isolated tests in a user namespace: root inside is the unprivileged user nobody outside",
     "caps": "capabilities added to the test's reduced default set, comma-separated (e.g. SYS_PTRACE); see SECURITY.md",
+    # issue 10: the host's secrets
+    "secrets": "let isolated tests see the host's credential files (~/.ssh, ~/.aws, /etc/shadow, ...): hidden by default",
+    "env": 'environment variables isolated tests see: "default" (all but those that look like credentials), '
+    '"all", "none", names to pass ("PATH,HOME,LC_*") or changes ("-DATABASE_URL,+GITHUB_TOKEN"); see SECURITY.md',
 }
+SWITCHES = ("user", "secrets")  # arguments whose command-line option is a flag: --isolate-user
 ISOLATE_ALL_HELP = "run every test in its own container, not only those marked @isolated"
 BUDGET_STRICT_HELP = "fail a passing isolated test that went over budget_mem or budget_cpu (default: a warning)"
 REPORT_HELP = "after the run, show the greediest isolated tests by peak memory and by CPU time"
@@ -100,8 +105,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("isolate_diff_fail", DIFF_FAIL_HELP, type="args", default=[])
     for argument in ARGUMENTS:
         flag = f"--isolate-{argument.replace('_', '-')}"
-        if argument == "user":  # a switch: --isolate-user
-            group.addoption(flag, dest="isolate_user", action="store_const", const="true", default=None, help=HELP[argument])
+        if argument in SWITCHES:  # a flag: --isolate-user
+            group.addoption(flag, dest=f"isolate_{argument}", action="store_const", const="true", default=None, help=HELP[argument])
         else:
             group.addoption(flag, dest=f"isolate_{argument}", metavar="VALUE", default=None, help=HELP[argument])
         parser.addini(f"isolate_{argument}", HELP[argument], default="")

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from pytest_isolate.container.hardening import Hardening
     from pytest_isolate.container.mountplan import MountPlan
     from pytest_isolate.container.netsetup import ContainerNetwork
+    from pytest_isolate.environment import EnvironmentPlan
     from pytest_isolate.forwarding import ReportRouting
     from pytest_isolate.spec import IsolationSpec
 
@@ -105,6 +106,7 @@ class ContainerJob:
     rlimits: tuple[tuple[int, int], ...] = ()  # the fallback when cgroups cannot limit
     user_sync: tuple[int, int] | None = None  # user=True as root: (ready pipe write end, go pipe read end)
     storage: str = "overlay"  # the storage driver: overlay, fuse or copy
+    environment: EnvironmentPlan | None = None  # env=: the variables to drop (None: keep all)
 
 
 def run_test_process(job: ContainerJob) -> NoReturn:
@@ -208,6 +210,8 @@ def _build_container(job: ContainerJob, step) -> int | None:  # type: ignore[no-
         resource.setrlimit(limit, (value, value))
     step("drop the test's privileges")
     job.hardening.apply(spec.caps)
+    if job.environment is not None:
+        job.environment.apply()
     return stage_fd
 
 
