@@ -130,6 +130,7 @@ class EnvironmentPlanner:
     def __init__(self) -> None:
         self._decisions: dict[EnvPolicy, dict[str, bool]] = {}
         self.original_block = original_environment_block()
+        self.original_names = _original_names()
 
     def plan(self, policy: EnvPolicy) -> EnvironmentPlan | None:
         if policy.passes_everything:
@@ -142,7 +143,12 @@ class EnvironmentPlanner:
                 keep = decisions[name] = policy.passes(name)
             if not keep:
                 drop.append(name)
-        return EnvironmentPlan(tuple(drop), self.original_block)
+        # Zeroing the original block costs ~0.4 ms per test (every variable
+        # copied anew): only when it holds a variable the test must not see.
+        hidden = any(not decisions.setdefault(name, policy.passes(name)) for name in self.original_names)
+        if not drop and not hidden:
+            return None
+        return EnvironmentPlan(tuple(drop), self.original_block if hidden else None)
 
 
 def original_environment_block() -> tuple[int, int] | None:
@@ -165,3 +171,13 @@ def original_environment_block() -> tuple[int, int] | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def _original_names() -> tuple[str, ...]:
+    """The names in this process's environment block from exec (what /proc/self/environ shows)."""
+    try:
+        with open("/proc/self/environ", "rb") as handle:
+            entries = handle.read().split(b"\0")
+    except OSError:
+        return tuple(os.environ)  # unknown: assume the block holds what the environment holds
+    return tuple(os.fsdecode(entry.partition(b"=")[0]) for entry in entries if b"=" in entry)
