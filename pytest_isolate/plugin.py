@@ -39,7 +39,12 @@ HELP = {
     "inherit_fds": "let isolated tests keep pytest's open files and sockets (a session fixture's connection): "
     "for trusted tests only, see SECURITY.md",
     "caps": "capabilities added to the test's reduced default set, comma-separated (e.g. SYS_PTRACE); see SECURITY.md",
+    # issue 10: the host's secrets
+    "secrets": "let isolated tests see the host's credential files (~/.ssh, ~/.aws, /etc/shadow, ...): hidden by default",
+    "env": 'environment variables isolated tests see: "default" (all but those that look like credentials), '
+    '"all", "none", names to pass ("PATH,HOME,LC_*") or changes ("-DATABASE_URL,+GITHUB_TOKEN"); see SECURITY.md',
 }
+SWITCHES = ("user", "inherit_fds", "secrets")  # arguments whose command-line option is a flag: --isolate-user
 ISOLATE_ALL_HELP = "run every test in its own container, not only those marked @isolated"
 BUDGET_STRICT_HELP = "fail a passing isolated test that went over budget_mem or budget_cpu (default: a warning)"
 REPORT_HELP = "after the run, show the greediest isolated tests by peak memory and by CPU time"
@@ -102,7 +107,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("isolate_diff_fail", DIFF_FAIL_HELP, type="args", default=[])
     for argument in ARGUMENTS:
         flag = f"--isolate-{argument.replace('_', '-')}"
-        if argument in ("user", "inherit_fds"):  # a switch: --isolate-user, --isolate-inherit-fds
+        if argument in SWITCHES:  # a flag: --isolate-user
             group.addoption(flag, dest=f"isolate_{argument}", action="store_const", const="true", default=None, help=HELP[argument])
         else:
             group.addoption(flag, dest=f"isolate_{argument}", metavar="VALUE", default=None, help=HELP[argument])

@@ -9,6 +9,7 @@ dead run's leftovers - is done here once.
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import os
 import resource
 import select
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
 from pytest_isolate.channel import ChannelReader, ChannelWriter
-from pytest_isolate.container import fsdiff, libc, netsetup, rootfs, storage
+from pytest_isolate.container import credentials, fsdiff, libc, netsetup, rootfs, storage
 from pytest_isolate.container.cgroups import CgroupBackend, TestCgroup, Usage, detect_backend
 from pytest_isolate.container.hardening import Hardening
 from pytest_isolate.container.launcher import ContainerJob, run_rootless_launcher, run_test_process, spawn_init
@@ -36,6 +37,7 @@ from pytest_isolate.container.mountplan import (
 )
 from pytest_isolate.container.netsetup import ContainerNetwork
 from pytest_isolate.container.network import hosts_file
+from pytest_isolate.environment import EnvironmentPlanner
 from pytest_isolate.errors import ContainerError
 from pytest_isolate.forwarding import ReportRouting
 from pytest_isolate.messages import Done, Parser, ProtocolViolation, Ready
@@ -79,6 +81,10 @@ class Runtime:
         self.capture_plan = CapturePlan.for_session(config)
         # Where the test's saved stdin and pytest's --log-file lead in the container.
         self.null_fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        # Issue 10: the host's credential files and environment, planned once.
+        self.secrets = credentials.existing_secrets()
+        self._secret_masks: dict[str, list[MountOp]] = {}
+        self.environment = EnvironmentPlanner()
         # The PID namespace children go back to after each container.
         self.own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         self.stage = rootfs.ensure_stage_dir()
@@ -124,8 +130,18 @@ class Runtime:
         plan = MountPlan(root + devices + [MountOp("sysfs", "/sys", readonly=True)])
         if spec.net.own_namespace:
             plan.add_file("/etc/hosts", hosts_file(spec.hostname))
+        if not spec.secrets:
+            plan.ops += self.secret_masks(spec.rootfs, root)
         item.config.hook.pytest_isolate_mount_plan(item=item, spec=spec, plan=plan)
         return plan
+
+    def secret_masks(self, rootfs_name: str, root: list[MountOp]) -> list[MountOp]:
+        """The masks over the host's credential files that this root shows (once per root)."""
+        if rootfs_name not in self._secret_masks:
+            # An image shows only the host paths overlaid on it (the interpreter, the project).
+            visible = None if rootfs_name == "host" else [op.target for op in root if op.target != "/"]
+            self._secret_masks[rootfs_name] = credentials.mask_ops(self.secrets, visible)
+        return self._secret_masks[rootfs_name]
 
     def storage_driver(self) -> str:
         """isolate_storage, resolved once (auto: overlay, then fuse-overlayfs, then copy)."""
@@ -270,6 +286,7 @@ class Runtime:
             storage=self.storage_driver(),
             status_fd=status_write,
             inherit_fds=spec.inherit_fds,
+            environment=self.environment.plan(spec.env),
         )
         started = time.monotonic()
         finished_cleanly = False
@@ -485,6 +502,11 @@ def _userns_problem() -> str | None:
 def _fork(body: Callable[[ContainerJob], NoReturn], job: ContainerJob) -> int:
     """Fork; the child runs ``body(job)`` and never returns."""
     pid = -1
+    # pytest's faulthandler_timeout arms a watchdog thread around the test;
+    # a child forked while it is armed hangs for good when its own pytest
+    # re-arms it (the watchdog's lock is held by a thread it does not have).
+    # The child arms its own, which then reports the test's stack.
+    faulthandler.cancel_dump_traceback_later()
     with warnings.catch_warnings():
         # Python 3.12 warns about fork() in a process with threads (pytest-
         # xdist's execnet has one); the child touches none of their locks,

@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from pytest_isolate.environment import EnvPolicy, parse_policy
 from pytest_isolate.errors import SpecError
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
@@ -210,6 +211,28 @@ def parse_caps(value: object) -> frozenset[str]:
     return normal
 
 
+# ---- issue 10: the host's secrets (credential files, environment variables)
+
+
+def parse_secrets(value: object) -> bool:
+    expected = "True (the test sees the host's credential files) or False (hidden: the default)"
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS | _FALSE_WORDS:
+        return value.strip().lower() in _TRUE_WORDS
+    raise _Invalid(expected)
+
+
+def parse_env(value: object) -> EnvPolicy:
+    try:
+        return parse_policy(value)
+    except ValueError as error:
+        raise _Invalid(str(error)) from None
+
+
+# ---- end of issue 10
+
+
 def _parse_number(value: object, expected: str) -> float:
     if isinstance(value, bool):
         raise _Invalid(expected)
@@ -244,6 +267,8 @@ class IsolationSpec:
     net_rate: int | None = None  # bits per second, on every interface of the container
     net_rate_text: str | None = None
     inherit_fds: bool = False  # keep pytest's open descriptors (trusted tests only)
+    secrets: bool = False  # show the host's credential files (hidden by default)
+    env: EnvPolicy = EnvPolicy()  # which of pytest's environment variables the test sees
 
     @property
     def has_limits(self) -> bool:
@@ -266,11 +291,14 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "net_rate": parse_rate,
     "user": parse_user,
     "inherit_fds": parse_inherit_fds,
+    "secrets": parse_secrets,
+    "env": parse_env,
 }
 ARGUMENTS = tuple(PARSERS)
 MARKER_SIGNATURE = (
     "isolated(mem=None, cpu=None, pids=None, timeout=None, net=False, "
-    'hostname="isolated", rootfs="host", disk="1G", caps=(), budget_mem=None, budget_cpu=None, net_rate=None, user=False)'
+    'hostname="isolated", rootfs="host", disk="1G", caps=(), budget_mem=None, budget_cpu=None, net_rate=None, user=False, '
+    'inherit_fds=False, secrets=False, env="default")'
 )
 
 

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.requires(*CONTAINER)
 
 DANGEROUS = Path(__file__).resolve().parent.parent / "fixtures" / "dangerous"
 # Tests in fixtures/dangerous, parametrized cases counted one by one.
-HOSTILE_TESTS = 56
+HOSTILE_TESTS = 61  # 5 of them (secrets, forwarder) from issue 10b
 # Skipped where they cannot run: the x86-64 system calls elsewhere, the
 # attack on the pytest-xdist controller without xdist.
 ARCH_SKIPS = 0 if platform.machine() == "x86_64" else 2
@@ -201,3 +201,37 @@ def test_guard_refuses_outside_a_container(pytester: pytest.Pytester, host_state
     for path, content in copied.items():
         assert path.read_bytes() == content
     assert _sysctls() == sysctls
+
+
+# ---- issue 10 (items 8-10): secrets and a stalled forwarded service, with secrets the host really has
+
+
+@pytest.mark.parametrize("args", [(), ("-n", "2")], ids=["serial", "xdist"])
+def test_secrets_and_stalled_service(
+    pytester: pytest.Pytester, host_state, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """A home full of (fake) credentials and credential variables: none reach the hostile tests; no hang."""
+    if args:
+        pytest.importorskip("xdist")
+    home = tmp_path / "home"
+    for name in (".ssh", ".aws", ".config/gcloud", ".kube"):
+        (home / name).mkdir(parents=True)
+        (home / name / "key").write_text("FAKE-KEY")
+    for name in (".netrc", ".docker/config.json", ".git-credentials"):
+        (home / name).parent.mkdir(parents=True, exist_ok=True)
+        (home / name).write_text("FAKE-KEY")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_FAKE_TOKEN_VALUE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "FAKE_AWS_SECRET")
+    copied = _copy_suite(pytester)
+    hostname, sysctls = socket.gethostname(), _sysctls()
+    run_id = uuid.uuid4().hex
+    monkeypatch.setenv(RUN_MARKER, run_id)
+    started = time.monotonic()
+    result = _run_isolated(pytester, *args, "test_escape_secrets.py", "test_escape_forwarder.py")
+    elapsed = time.monotonic() - started
+    _assert_host_intact(copied, hostname, sysctls, run_id)
+    assert failure_lines(result) == []
+    result.assert_outcomes(passed=5)
+    assert (home / ".netrc").read_text() == "FAKE-KEY"
+    assert elapsed < 60, f"the run took {elapsed:.1f}s"

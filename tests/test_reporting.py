@@ -110,7 +110,7 @@ def test_junitxml_and_failure_of_isolated_test(pytester: pytest.Pytester) -> Non
          "of the host's own root), an image name from rootfs-images/ or isolate_images such as \"debian-bookworm\", "
          "or the path of a directory; no such directory"),
         ("memory=1", "@isolated got an unknown argument memory=1; the accepted arguments are mem, cpu, pids, "
-         "timeout, net, hostname, rootfs, disk, caps, budget_mem, budget_cpu, net_rate, user, inherit_fds"),
+         "timeout, net, hostname, rootfs, disk, caps, budget_mem, budget_cpu, net_rate, user, inherit_fds, secrets, env"),
         ('"64M"', "@isolated(positional argument='64M') is invalid: expected keyword arguments only, e.g. @isolated(mem=\"64M\")"),
     ],
 )
@@ -177,7 +177,7 @@ def test_marker_is_registered_with_its_signature(pytester: pytest.Pytester) -> N
     result = run(pytester, "--markers")
     result.stdout.fnmatch_lines(
         ['@pytest.mark.isolated(mem=None, cpu=None, pids=None, timeout=None, net=False, hostname="isolated", '
-         'rootfs="host", disk="1G", caps=(), budget_mem=None, budget_cpu=None, net_rate=None, user=False): run the test in its own throw-away Linux container*']
+         'rootfs="host", disk="1G", caps=(), budget_mem=None, budget_cpu=None, net_rate=None, user=False, inherit_fds=False, secrets=False, env="default"): run the test in its own throw-away Linux container*']
     )
 
 

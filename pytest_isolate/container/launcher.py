@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from pytest_isolate.container.hardening import Hardening
     from pytest_isolate.container.mountplan import MountPlan
     from pytest_isolate.container.netsetup import ContainerNetwork
+    from pytest_isolate.environment import EnvironmentPlan
     from pytest_isolate.forwarding import ReportRouting
     from pytest_isolate.output import CaptureFiles
     from pytest_isolate.spec import IsolationSpec
@@ -109,6 +110,7 @@ class ContainerJob:
     storage: str = "overlay"  # the storage driver: overlay, fuse or copy
     status_fd: int = -1  # rootless: the launcher reports the test's wait status here, apart from the test
     inherit_fds: bool = False  # keep pytest's descriptors (trusted tests only)
+    environment: EnvironmentPlan | None = None  # env=: the variables to drop (None: keep all)
 
 
 def run_test_process(job: ContainerJob) -> NoReturn:
@@ -238,6 +240,8 @@ def _build_container(job: ContainerJob, step) -> int | None:  # type: ignore[no-
         resource.setrlimit(limit, (value, value))
     step("drop the test's privileges")
     job.hardening.apply(spec.caps)
+    if job.environment is not None:
+        job.environment.apply()
     return stage_fd
 
 

@@ -43,6 +43,7 @@ class MountOp:
     """One step.  ``target`` is a path inside the container."""
 
     kind: str  # root_dir | overlay | bind | node | tmpfs | sysfs | devpts | mkdir | symlink | copy_file | file
+    # | mask_file | mask_dir (a host credential path hidden: container/credentials.py)
     target: str
     source: str | None = None  # host path for overlay (lower), bind and copy_file
     readonly: bool = False
@@ -62,6 +63,10 @@ class MountOp:
             return f"symlink {self.target} -> {self.source}"
         if self.kind == "copy_file":
             return f"copy {self.source} -> {self.target}"
+        if self.kind == "mask_file":
+            return f"mask {self.target} (an empty file: secrets=False)"
+        if self.kind == "mask_dir":
+            return f"mask {self.target} (an empty read-only directory: secrets=False)"
         if self.kind == "file":
             return f"file {self.target} ({len(self.source or '')} bytes, outside the writable layer)"
         return f"{self.kind} {self.target}{' (read-only)' if self.readonly else ''}"

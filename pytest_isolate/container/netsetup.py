@@ -42,7 +42,8 @@ class ContainerNetwork:
         self.theirs: socket.socket | None = None
         if spec.net.mode in ("private", "forward"):
             self.ours, self.theirs = socket.socketpair()
-            self.ours.settimeout(HANDSHAKE_SECONDS)
+            # A test's timeout= covers its network's setup too.
+            self.ours.settimeout(min(HANDSHAKE_SECONDS, spec.timeout or HANDSHAKE_SECONDS))
 
     # ----------------------------------------------------------- in pytest
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
 from pytest_isolate.container import libc, storage
 from pytest_isolate.container.mountplan import MountOp, MountPlan
@@ -79,13 +80,12 @@ class _Builder:
         submounts = [op.target for op in ops if op.kind == "overlay" and op.target != "/"]
         remaining = []
         for op in ops:
-            if op.kind == "file" and not any(op.target.startswith(m.rstrip("/") + "/") for m in submounts):
-                assert op.source is not None
+            if op.kind in ("file", "mask_file") and not any(op.target.startswith(m.rstrip("/") + "/") for m in submounts):
                 path = _inside(os.path.join(self.stage, INJECTED), op.target)
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 try:
-                    os.write(fd, op.source.encode())
+                    os.write(fd, (op.source or "").encode())
                 finally:
                     os.close(fd)
                 self.injected = True
@@ -200,6 +200,18 @@ class _Builder:
             os.close(fd)
         self._bind(MountOp("bind", op.target, source=content), target)
 
+    def _mask_file(self, op: MountOp, target: str) -> None:
+        # Under a mount of its own (a home on its own filesystem, rootless
+        # roots): an empty file bound over it.
+        if _maskable(target, stat.S_ISREG):
+            self._file(MountOp("file", op.target, source=""), target)
+
+    def _mask_dir(self, op: MountOp, target: str) -> None:
+        if not _maskable(target, stat.S_ISDIR):
+            return
+        flags = libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
+        libc.mount("tmpfs", target, "tmpfs", flags, "mode=0555,size=4k")
+
     def _symlink(self, op: MountOp, target: str) -> None:
         assert op.source is not None
         os.symlink(op.source, target)
@@ -216,6 +228,19 @@ class _Builder:
             os.write(fd, content)
         finally:
             os.close(fd)
+
+
+def _maskable(target: str, is_kind) -> bool:  # type: ignore[no-untyped-def]
+    """Whether a credential path is there to hide: present, of its kind, and readable by us.
+
+    Absent (an image), or closed to the container's user (user=True and
+    rootless see root's 0640 /etc/shadow as "other"): it stays as it is, as
+    closed to the test as to us.
+    """
+    try:
+        return bool(is_kind(os.lstat(target).st_mode)) and os.access(target, os.R_OK)
+    except OSError:
+        return False
 
 
 def build_root(
