@@ -97,6 +97,7 @@ def top_tests(runs: list[dict[str, Any]], key: str, top: int) -> list[str]:
 
 def draw(runs: list[dict[str, Any]], output: str, top: int) -> None:
     try:
+        import matplotlib
         from matplotlib.figure import Figure
     except ImportError:
         raise PlotError(MISSING_EXTRA) from None
@@ -133,7 +134,9 @@ def draw(runs: list[dict[str, Any]], output: str, top: int) -> None:
     if len(xs) == 1:
         axes[-1].set_xlim(-0.5, 0.5)
     figure.suptitle("pytest-isolate: usage of isolated tests across runs")
-    figure.savefig(output, dpi=110)
+    # Text stays text in an SVG: test names can be searched and copied.
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        figure.savefig(output, dpi=110)
 
 
 def _scaled(value: float | None, scale: float) -> float:
