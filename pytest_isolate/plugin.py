@@ -175,7 +175,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
-    if not config.stash[SETTINGS_KEY].isolate_all:
+    if not config.stash[SETTINGS_KEY].isolate_all and repeat.settings_of(config) is None:
         return None
     from pytest_isolate.hostinfo import header_line
 
