@@ -1,10 +1,9 @@
 """The tally of ``--isolate-repeat``: per test, its runs, passes, failures and failure messages.
 
 Registered only in the process that reports (the single pytest process, or
-the xdist controller), and fed by ``pytest_runtest_logreport`` alone: every
-report of a repeated run names the test it repeats and the run
-(``user_properties``, see :mod:`pytest_isolate.repeat`), so the tally is
-the same with and without xdist.
+the xdist controller), and fed by ``pytest_runtest_logreport`` alone: a run's node id
+(``test_x[isolate-run-3/10]``) names the test it repeats and the run, so
+the tally is the same with and without xdist.
 
 A run failed if any of its phases failed (setup, call or teardown, the
 container's crash reports included); it was skipped if it was skipped or
@@ -25,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from pytest_isolate.repeat import OF_PROPERTY, RUN_PROPERTY, RepeatSettings
+from pytest_isolate.repeat import RepeatSettings, original_nodeid
 
 _NUMBER = re.compile(r"0x[0-9a-fA-F]+|\d+(?:\.\d+)?")
 MESSAGE_LIMIT = 300  # characters of a failure message kept per distinct failure
@@ -35,7 +34,7 @@ MESSAGE_LIMIT = 300  # characters of a failure message kept per distinct failure
 class Failure:
     """One distinct failure: messages that differ only in their numbers count as one."""
 
-    message: str  # the first one seen
+    message: str  # the one of the earliest run
     phase: str
     runs: list[int] = dataclasses.field(default_factory=list)
 
@@ -103,27 +102,45 @@ class FlakeReporter:
             self.other_failures += 1
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        properties = dict(report.user_properties)
-        of, run = properties.get(OF_PROPERTY), properties.get(RUN_PROPERTY)
         if report.outcome == "rerun":  # pytest-rerunfailures: an attempt, not the run's result
             return
-        if not isinstance(of, str) or not isinstance(run, int):
+        found = self._run_of(report.nodeid)
+        if found is None:
             if report.failed:
                 self.other_failures += 1
             return
+        of, run = found
         tally = self.tallies.setdefault(of, Tally(of))
         previous = tally.outcomes.get(run, "passed")
         if report.failed:
             outcome = "failed"
             message = failure_message(report)
             key = (report.when, _NUMBER.sub("N", message))
-            tally.failures.setdefault(key, Failure(message, report.when)).runs.append(run)
+            failure = tally.failures.setdefault(key, Failure(message, report.when))
+            if run < min(failure.runs, default=run + 1):  # the earliest run's words, in any arrival order
+                failure.message = message
+            failure.runs.append(run)
         elif report.skipped and report.when != "teardown":
             outcome = "skipped"
         else:
             outcome = "passed"
         rank = {"passed": 0, "skipped": 1, "failed": 2}
         tally.outcomes[run] = outcome if rank[outcome] >= rank[previous] else previous
+
+    def _run_of(self, nodeid: str) -> tuple[str, int] | None:
+        """(the repeated test's node id, the run) from a run's node id, or None.
+
+        Read from the node id, never from what a report says of itself
+        (``user_properties`` come back from the container): a test can only
+        count for its own runs.
+        """
+        matches = re.findall(rf"isolate-run-(\d+)/{self.settings.runs}(?=[\]-])", nodeid)
+        if not matches:
+            return None
+        run = int(matches[-1])
+        if not 1 <= run <= self.settings.runs:
+            return None
+        return original_nodeid(nodeid, run, self.settings.runs), run
 
     # ------------------------------------------------------------- output
 

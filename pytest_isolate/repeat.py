@@ -6,13 +6,11 @@ does: so xdist spreads them over its workers like any other items, ``-k``
 and node ids select them, and junitxml lists each.  Their ids read
 ``test_x[isolate-run-3/10]``.
 
-Every run carries ``isolate_repeat_of`` (the test's own node id) and
-``isolate_repeat_run`` in its ``user_properties``: the item sets them before
-it runs, so every report of the run has them, the ones made in the
-container, the crash reports made here and the ones an xdist worker sends.
-The tally (:mod:`pytest_isolate.flakes`) is made from those reports alone, in
-the process that reports (the single pytest process or the xdist
-controller).
+The tally (:mod:`pytest_isolate.flakes`) is made from the runs' reports
+alone, by their node ids, in the process that reports (the single pytest
+process or the xdist controller).  Every run also carries
+``isolate_repeat_of`` (the test's own node id) and ``isolate_repeat_run`` in
+its ``user_properties``, for junitxml and the JSON report's readers.
 
 Under pressure: ``--isolate-repeat-cpu=0.2`` and ``--isolate-repeat-mem=64M``
 run every repeated run under at most that limit (a test's own limit stays

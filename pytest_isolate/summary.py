@@ -18,6 +18,7 @@ the repeat tally (:mod:`flakes`), never measured twice.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import pytest
@@ -286,7 +287,13 @@ def _cell(text: str) -> str:
 
 
 def _code(text: str) -> str:
-    """A code span around ``text`` that survives backticks in it, safe in a table cell."""
-    fence = "``" if "`" in text else "`"
-    pad = " " if fence == "``" else ""
+    """A code span around ``text``, safe in a table cell.
+
+    Test names and failure messages come from the tests: inside a code span
+    GitHub renders no links, images or HTML they might carry.  The fence is
+    one backtick longer than the longest run of them in the text.
+    """
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if longest else ""
     return f"{fence}{pad}{_cell(text)}{pad}{fence}"

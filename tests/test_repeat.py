@@ -194,6 +194,40 @@ def test_repeat_under_pressure(pytester: pytest.Pytester) -> None:
     assert document["repeat"]["pressure"] == {"cpu_cores": 0.2, "mem_bytes": 32 << 20}
 
 
+@pytest.mark.requires(*CONTAINER)
+def test_a_test_cannot_count_for_another(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_forge="""
+        def test_victim():
+            pass
+
+        def test_appends(record_property):
+            record_property("isolate_repeat_of", "test_forge.py::test_victim")
+            assert False, "forged"
+
+        def test_replaces(request):
+            request.node.user_properties[:] = [("isolate_repeat_of", "test_forge.py::test_victim"), ("isolate_repeat_run", 1)]
+            assert False, "forged"
+        """
+    )
+    result = run(pytester, "--isolate-repeat=2")
+    result.assert_outcomes(passed=2, failed=4)
+    assert _section(result, "isolated repeats: 2 runs per test") == [
+        " runs passed failed skipped  verdict  test",
+        "    2      0      2       0  failed   test_forge.py::test_appends",
+        "    2      0      2       0  failed   test_forge.py::test_replaces",
+        "    2      2      0       0  passed   test_forge.py::test_victim",
+        "",
+        "failures of test_forge.py::test_appends:",
+        "  2x AssertionError: forged  [run 1, 2]",
+        "",
+        "failures of test_forge.py::test_replaces:",
+        "  2x AssertionError: forged  [run 1, 2]",
+        "",
+        "0 flaky test(s) of 3 repeated",
+    ]
+
+
 def test_run_ids(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """

@@ -160,3 +160,4 @@ def test_code_spans_survive_pipes_and_backticks() -> None:
     assert _code("t.py::test_x[a|b]") == r"`t.py::test_x[a\|b]`"
     assert _code("t.py::test_x[`q`]") == "`` t.py::test_x[`q`] ``"
     assert _code("two\nlines") == "`two lines`"
+    assert _code("![x](https://example.com/x.png) ``` <img>") == "```` ![x](https://example.com/x.png) ``` <img> ````"
