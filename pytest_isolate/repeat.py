@@ -80,7 +80,7 @@ def _raw(config: pytest.Config, name: str) -> tuple[str, str] | None:
     """(value, origin) of an option with an ini key; the command line wins."""
     cli = config.getoption(name)
     if cli is not None:
-        return str(cli), "cli"
+        return str(cli).strip(), "cli"
     ini = config.getini(name)
     if isinstance(ini, str) and ini.strip():
         return ini.strip(), "ini"
