@@ -56,11 +56,16 @@ def main(argv: list[str] | None = None) -> int:
     info_parser = commands.add_parser("info", help="what this host gives the plugin (like docker info)")
     info_parser.add_argument("--json", action="store_true", help="print JSON for machines")
     images_commands.add_parser(commands)
+    from pytest_isolate import plot
+
+    plot.add_parser(commands)
     arguments = parser.parse_args(argv)
     if arguments.command == "info":
         return info(arguments.json)
     if arguments.command == "images":
         return images_commands.run(arguments)
+    if arguments.command == "plot":
+        return plot.run(arguments.reports, arguments.output, arguments.top)
     parser.error(f"unknown command {arguments.command}")
     return 2
 

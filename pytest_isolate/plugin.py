@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_isolate import forwarding
+from pytest_isolate import forwarding, repeat, summary
 from pytest_isolate.errors import SpecError
 from pytest_isolate.spec import ARGUMENTS, MARKER_SIGNATURE, IsolationSpec, Setting, check_setting, resolve_spec
 
@@ -112,6 +112,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         else:
             group.addoption(flag, dest=f"isolate_{argument}", metavar="VALUE", default=None, help=HELP[argument])
         parser.addini(f"isolate_{argument}", HELP[argument], default="")
+    # Flake hunting (--isolate-repeat, repeat.py) and the CI summary (summary.py).
+    repeat.add_options(group, parser)
+    summary.add_options(group, parser)
 
 
 def read_settings(config: pytest.Config) -> Settings:
@@ -170,10 +173,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
         if wanted(config):
             config.pluginmanager.register(UsageReporter(config), "pytest-isolate-usage-report")
+    # Flake hunting and the CI summary: their options are checked here, before the run.
+    try:
+        repeat.configure(config)
+        summary.configure(config)
+    except SpecError as error:
+        raise pytest.UsageError(str(error)) from None
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
-    if not config.stash[SETTINGS_KEY].isolate_all:
+    if not config.stash[SETTINGS_KEY].isolate_all and repeat.settings_of(config) is None:
         return None
     from pytest_isolate.hostinfo import header_line
 
@@ -181,6 +190,8 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 
 
 def _is_isolated(item: pytest.Item) -> bool:
+    if repeat.settings_of(item.config) is not None:
+        return True  # --isolate-repeat: every run in a fresh container
     return item.config.stash[SETTINGS_KEY].isolate_all or item.get_closest_marker("isolated") is not None
 
 
@@ -248,7 +259,7 @@ def _spec_to_run(item: pytest.Item) -> IsolationSpec | str:
     modified = item.config.hook.pytest_isolate_modify_spec(item=item, spec=spec)
     if modified is not None and not isinstance(modified, IsolationSpec):
         return f"pytest_isolate_modify_spec returned {modified!r} for {item.nodeid}; expected an IsolationSpec or None"
-    return modified or spec
+    return repeat.under_pressure(item, modified or spec)
 
 
 def _isolated_attempt(item: pytest.Item, nextitem: pytest.Item | None, log: bool) -> list[pytest.TestReport] | None:

@@ -82,7 +82,8 @@ class UsageReporter:
     def pytest_sessionfinish(self) -> None:
         path = self.config.getoption("isolate_json")
         if path:
-            write_json(path, list(self.tests.values()))
+            flakes = self.config.pluginmanager.get_plugin("pytest-isolate-flakes")  # --isolate-repeat (flakes.py)
+            write_json(path, list(self.tests.values()), extra={"repeat": flakes.as_json()} if flakes else None)
 
     # ---------------------------------------------------------- summary
 
@@ -138,7 +139,7 @@ class UsageReporter:
             terminalreporter.write_line(line)
 
 
-def write_json(path: str, tests: list[TestUsage]) -> None:
+def write_json(path: str, tests: list[TestUsage], extra: dict[str, Any] | None = None) -> None:
     from pytest_isolate import hostinfo
 
     document = {
@@ -147,6 +148,7 @@ def write_json(path: str, tests: list[TestUsage]) -> None:
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": hostinfo.summary_facts(),
         "tests": [test.as_json() for test in tests],
+        **(extra or {}),  # optional sections, such as "repeat"
     }
     temporary = f"{path}.tmp{os.getpid()}"
     with open(temporary, "w", encoding="utf-8") as handle:

@@ -55,6 +55,12 @@ def _no_leaked_children():
 
 
 @pytest.fixture(autouse=True)
+def _no_ci_summary(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The pytest runs tests start must not append to this CI job's own step summary.
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+
+
+@pytest.fixture(autouse=True)
 def _wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     # pytest shortens '-ra' lines to the terminal width; assertions read them whole.
     monkeypatch.setenv("COLUMNS", "1000")
