@@ -66,18 +66,6 @@ class Shipped:
     tools: list[str]  # debian-bookworm-tools's layers
 
 
-def _ensure_mmdebstrap() -> None:
-    if shutil.which("mmdebstrap"):
-        return
-    why = "not root"
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        result = subprocess.run(["apt-get", "install", "-y", "-q", "mmdebstrap"], capture_output=True, text=True, check=False)
-        if shutil.which("mmdebstrap"):
-            return
-        why = (result.stdout + result.stderr).strip().splitlines()[-1:]
-    pytest.skip(f"mmdebstrap is missing and could not be installed ({why}): apt-get install mmdebstrap")
-
-
 def _shared_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     if os.environ.get("PYTEST_ISOLATE_CACHE"):
         return os.environ["PYTEST_ISOLATE_CACHE"]
@@ -89,11 +77,10 @@ def _shared_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def shipped(tmp_path_factory: pytest.TempPathFactory) -> Shipped:
-    from capabilities import has
+    from conftest import require
 
-    if not (has("root") and has("overlay")):
-        pytest.skip("building images needs root and overlayfs")
-    _ensure_mmdebstrap()
+    for capability in ("root", "overlay", "mmdebstrap"):
+        require(capability)
     cache = _shared_cache_dir(tmp_path_factory)
     tools = resolve_layers("debian-bookworm-tools", [], cache)
     base = resolve_layers("debian-bookworm", [], cache)
