@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_isolate import coverage_bridge, rerun, scopes
+from pytest_isolate import coverage_bridge, endpoints, rerun, scopes
 from pytest_isolate.container import fsdiff
 from pytest_isolate.errors import ContainerError
 from pytest_isolate.forwarding import rebuild_warning
@@ -85,6 +85,7 @@ def isolated_runtestprotocol(
             reports = [ihook.pytest_runtest_makereport(item=item, call=setup)]
             result = None
         else:
+            spec = endpoints.with_exposed(item, spec)  # known only now that the wider fixtures are set up
             result = _run_container(runtime, item, spec)
             reports, warnings_seen = _rebuild(item, spec, result, budget_strict=runtime.settings.budget_strict)
             _apply_changes(item, result, reports, runtime.settings.diff, runtime.settings.diff_fail)

@@ -114,6 +114,21 @@ def _image_layers(name: str, dirs: list[str], cache: LayerCache) -> tuple[list[L
     return plan_recipe_layers(chain, cache, below), "recipe", recipe.path
 
 
+def image_exists(name: str, extra_dirs: list[str] | tuple[str, ...] = (), cache_dir: str | None = None) -> None:
+    """Raise ImageError unless ``name`` is a recipe or an imported image; builds nothing.
+
+    What pytest checks at collection, so that a misspelt ``rootfs=`` is a
+    collection error, not a failure of each test.
+    """
+    dirs = recipe_dirs(extra_dirs)
+    if find_recipe(name, dirs) is not None:
+        return
+    cache = LayerCache(cache_dir)
+    tag = cache.read_tag(name)
+    if not (tag and tag.get("kind") == "import"):
+        raise UnknownImageError(name, dirs, sorted(set(_recipe_names(dirs)) | set(cache.tags())))
+
+
 def resolve_layers(
     name_or_path: str,
     extra_dirs: list[str] | tuple[str, ...] = (),
