@@ -8,6 +8,7 @@ when the first isolated test runs.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Generator
 from typing import TYPE_CHECKING
 
@@ -70,6 +71,7 @@ class Settings:
     budget_strict: bool = False
     diff: bool = False
     diff_fail: tuple[str, ...] = ()
+    keep: str = "none"  # --isolate-keep: none, failed or all
 
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -119,6 +121,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def read_settings(config: pytest.Config) -> Settings:
     """The one place that orders built-in default < ini < command line."""
+    from pytest_isolate.config_checks import read_keep
+
     defaults: dict[str, Setting] = {}
     for argument in ARGUMENTS:
         ini_value = config.getini(f"isolate_{argument}")
@@ -137,6 +141,7 @@ def read_settings(config: pytest.Config) -> Settings:
         budget_strict=_flag(config, "isolate_budget_strict"),
         diff=_flag(config, "isolate_diff"),
         diff_fail=_diff_fail_prefixes(config),
+        keep=read_keep(config),
     )
 
 
@@ -187,6 +192,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
         if wanted(config):
             config.pluginmanager.register(UsageReporter(config), "pytest-isolate-usage-report")
+        if os.geteuid() != 0:  # rootless: a limit the rlimit fallback cannot enforce is said
+            from pytest_isolate.unenforced import UnenforcedLimits
+
+            config.pluginmanager.register(UnenforcedLimits(), "pytest-isolate-unenforced-limits")
+        if config.stash[SETTINGS_KEY].keep != "none":
+            from pytest_isolate.keep import KeptSummary
+
+            config.pluginmanager.register(KeptSummary(), "pytest-isolate-kept-summary")
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:

@@ -89,6 +89,10 @@ def isolated_runtestprotocol(
             result = _run_container(runtime, item, spec)
             reports, warnings_seen = _rebuild(item, spec, result, budget_strict=runtime.settings.budget_strict)
             _apply_changes(item, result, reports, runtime.settings.diff, runtime.settings.diff_fail)
+            if runtime.keep_mode != "none":
+                from pytest_isolate import keep
+
+                keep.finish(item, result, reports, runtime.keep_mode)
         child_teardown = reports.pop() if reports and reports[-1].when == "teardown" else None
         for report in reports:
             emit(report)
@@ -195,6 +199,10 @@ def _apply_changes(
     call = next((report for report in reports if report.when == "call"), None)
     if call is None:
         return
+    from pytest_isolate.tmpdirs import given_basetemp, without_bookkeeping
+
+    # pytest's own base-directory bookkeeping is not what the test wrote.
+    result.changes = without_bookkeeping(result.changes, given_basetemp(item.config.option))
     if show:
         call.sections.append((f"{SECTION}: files changed", "\n".join(map(str, result.changes)) or "none"))
     offending = fsdiff.under(result.changes, list(fail_under))

@@ -58,6 +58,13 @@ class Runtime:
         self.net_range = str(config.getini("isolate_net_range"))
         # --isolate-diff or isolate_diff_fail: containers keep their layers open for reading.
         self.diff_wanted = settings.diff or bool(settings.diff_fail)
+        # --isolate-keep: the layers are held open too, and copied at "done".
+        self.keep_mode = settings.keep
+        self.keep_run_dir: str | None = None
+        if self.keep_mode != "none":
+            from pytest_isolate import keep
+
+            self.keep_run_dir = keep.run_dir_for(config)
         # Not root: rootless containers, in a user namespace of our own.
         self.rootless = os.geteuid() != 0
         self.userns_problem = None if not self.rootless else _userns_problem()
@@ -253,7 +260,7 @@ class Runtime:
             routing=self.routing,
             hardening=self.hardening,
             stage=self.stage if self.rootless or not userns else self.userns_stage(),
-            keep_layers=self.diff_wanted,
+            keep_layers=self.diff_wanted or self.keep_run_dir is not None,
             rootless=userns,
             rlimits=rlimits_for(spec) if rlimits else (),
             user_sync=(mapping[0][1], mapping[1][0]) if mapping else None,
@@ -273,7 +280,12 @@ class Runtime:
             os.close(report_write)
             report_write = -1
             net.after_fork(processes.test_pid)
-            finished_cleanly = self._watch(result, processes, report_read, spec.timeout, cgroup, started, plan)
+            keep_to = None
+            if self.keep_run_dir is not None:
+                from pytest_isolate import keep
+
+                keep_to = keep.test_dir(self.keep_run_dir, item.nodeid)
+            finished_cleanly = self._watch(result, processes, report_read, spec.timeout, cgroup, started, plan, keep_to)
         finally:
             for fd in (report_write, init_read, report_read, *(fd for pair in mapping or () for fd in pair)):
                 if fd >= 0:
@@ -322,6 +334,7 @@ class Runtime:
         cgroup: TestCgroup | None,
         started: float,
         plan: MountPlan,
+        keep_to: str | None = None,
     ) -> bool:
         """Read messages until the test says "done" (True) or its processes are gone (False)."""
         reader = ChannelReader()
@@ -355,6 +368,11 @@ class Runtime:
                             if message.get("stage_fd") is not None:
                                 stage = f"/proc/{processes.test_pid}/fd/{message['stage_fd']}"
                                 result.changes = fsdiff.read_changes(stage, plan)
+                                if keep_to is not None:  # --isolate-keep, while the layers still exist
+                                    from pytest_isolate import keep
+
+                                    keep.copy_layers(stage, plan, keep_to)
+                                    result.kept = keep_to
                             return True
                         result.messages.append(message)
                     if not data:
