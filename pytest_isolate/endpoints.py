@@ -49,8 +49,11 @@ def expose(request: pytest.FixtureRequest, host: str, port: int) -> None:
         raise TypeError(f"pytest_isolate.expose(request, host, port) takes a host string and an int port, got {host!r}, {port!r}")
     try:
         endpoint = _parse_endpoint(f"{host}:{port}")
-    except _Invalid as invalid:
-        raise ValueError(f"pytest_isolate.expose() cannot forward {host}:{port}: expected {invalid.expected}") from None
+    except _Invalid:
+        raise ValueError(
+            f"pytest_isolate.expose() cannot forward {host}:{port}: only a loopback TCP endpoint "
+            "(127.0.0.0/8, ::1 or localhost) with a port from 1 to 65535 can be forwarded"
+        ) from None
     name = request.fixturename
     if name is None:
         raise ValueError("pytest_isolate.expose() must be called from a fixture, with that fixture's request")

@@ -30,11 +30,11 @@ import tempfile
 import time
 from typing import TYPE_CHECKING
 
+import pytest
+
 from pytest_isolate.container import fsdiff
 
 if TYPE_CHECKING:
-    import pytest
-
     from pytest_isolate.container.mountplan import MountPlan
     from pytest_isolate.outcome import ContainerResult
 
@@ -43,6 +43,7 @@ RUN_VARIABLE = "PYTEST_ISOLATE_KEEP_RUN"  # the run directory, from the controll
 PROPERTY = "isolate_kept"
 SECTION = "pytest-isolate: kept"
 _RUN_NAME = re.compile(r"^run-(\d+)$")
+_RUN_DIR_KEY = pytest.StashKey[str]()
 
 
 def keep_root() -> str:
@@ -83,9 +84,10 @@ def run_dir_for(config: pytest.Config) -> str:
     """The run directory: made by the controller (or the single process), inherited by xdist workers."""
     if hasattr(config, "workerinput") and os.environ.get(RUN_VARIABLE):
         return os.environ[RUN_VARIABLE]
-    path = start_run()
-    os.environ[RUN_VARIABLE] = path
-    return path
+    if _RUN_DIR_KEY not in config.stash:
+        config.stash[_RUN_DIR_KEY] = start_run()
+        os.environ[RUN_VARIABLE] = config.stash[_RUN_DIR_KEY]
+    return config.stash[_RUN_DIR_KEY]
 
 
 def test_dir(run_dir: str, nodeid: str) -> str:

@@ -197,9 +197,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
             config.pluginmanager.register(UnenforcedLimits(), "pytest-isolate-unenforced-limits")
         if config.stash[SETTINGS_KEY].keep != "none":
-            from pytest_isolate.keep import KeptSummary
+            from pytest_isolate import keep
 
-            config.pluginmanager.register(KeptSummary(), "pytest-isolate-kept-summary")
+            keep.run_dir_for(config)  # made here, before xdist starts its workers: they share it
+            config.pluginmanager.register(keep.KeptSummary(), "pytest-isolate-kept-summary")
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
