@@ -473,3 +473,15 @@ def test_expose_refuses_what_it_cannot_forward(pytester: pytest.Pytester) -> Non
         "forward 192.0.2.1:5432: only a loopback TCP endpoint (127.0.0.0/8, ::1 or localhost) with a port from 1 to "
         "65535 can be forwarded"
     )
+
+
+@NEEDS_CONTAINERS
+def test_the_readme_expose_example_runs(pytester: pytest.Pytester) -> None:
+    import pathlib
+
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    after = readme.split("**A fixture's server on a dynamic port.**", 1)[1]
+    example = after.split("```python\n", 1)[1].split("```", 1)[0]
+    pytester.makepyfile(test_readme=example)
+    run(pytester).assert_outcomes(passed=1)
+    run(pytester, "-n", "2").assert_outcomes(passed=1)
