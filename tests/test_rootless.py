@@ -154,3 +154,27 @@ def test_etc_in_a_rootless_container(pytester: pytest.Pytester) -> None:
     )
     run(pytester).assert_outcomes(passed=1)
     assert os.path.exists("/etc/hostname") and not os.path.exists("/etc/pytest-isolate-rootless-new")
+
+
+def test_an_image_that_needs_building_says_what_to_run_as_root(pytester: pytest.Pytester) -> None:
+    (pytester.path / "recipes").mkdir()
+    (pytester.path / "recipes" / "mine.toml").write_text(
+        'name = "mine"\ndescription = "a base image"\n[base]\ntool = "mmdebstrap"\nsuite = "bookworm"\nvariant = "minbase"\n'
+    )
+    pytester.makepyfile(
+        """
+        from pytest_isolate import isolated
+
+        @isolated(rootfs="mine")
+        def test_a():
+            pass
+        """
+    )
+    result = run(pytester, "-o", "isolate_images=recipes", "-o", f"isolate_cache={pytester.path / 'cache'}")
+    (line,) = failure_lines(result)
+    assert line == (
+        "ERROR test_an_image_that_needs_building_says_what_to_run_as_root.py::test_a - pytest-isolate could not "
+        "prepare the root filesystem image: building image 'mine' needs root (it mounts overlays and runs chroot); "
+        f"this process runs as uid {os.geteuid()}: run `sudo pytest-isolate images build mine` first (with the same "
+        "cache: PYTEST_ISOLATE_CACHE or isolate_cache), or run pytest as root in CI"
+    )

@@ -181,7 +181,7 @@ def import_image(
     recipe = find_recipe(name, recipe_dirs(extra_dirs))
     if recipe is not None:
         raise ImageError(f"a recipe named {name!r} exists ({recipe.path}) and would hide the import; pick another name")
-    tools.require_root(f"importing image {name!r}")
+    tools.require_root(f"importing image {name!r}", f"pytest-isolate images import {name} FILE")
     cache = LayerCache(cache_dir)
     keys = import_archive(name, path, cache, progress)
     return [cache.rootfs(key) for key in reversed(keys)]
