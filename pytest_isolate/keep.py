@@ -114,30 +114,42 @@ def copy_layers(stage: str, plan: MountPlan, destination: str) -> None:
 
 
 def copy_tree(source: str, destination: str, confine: str) -> None:
-    """Plain files, directories and symlinks of ``source`` into ``destination``, inside ``confine``."""
-    for current, dirs, names in os.walk(source):
-        relative = os.path.relpath(current, source)
-        here = os.path.normpath(os.path.join(destination, relative))
+    """Plain files, directories and symlinks of ``source`` into ``destination``, inside ``confine``.
+
+    The source is read through directory descriptors, never following a
+    symlink (``os.fwalk``, ``O_NOFOLLOW``): while pytest copies, the test's
+    daemons may still be changing its layer, and a directory swapped for a
+    symlink must not make pytest copy what the link points at on the host.
+    The layer lives on a tmpfs of size ``disk``, which bounds what is copied.
+    """
+    for current, dirs, files, dirfd in os.fwalk(source, follow_symlinks=False):
+        here = os.path.normpath(os.path.join(destination, os.path.relpath(current, source)))
         if not _inside(here, confine):
-            dirs[:] = []
             continue
         os.makedirs(here, mode=0o700, exist_ok=True)
-        for name in dirs + names:
-            _copy_entry(os.path.join(current, name), os.path.join(here, name))
-        dirs[:] = [name for name in dirs if not os.path.islink(os.path.join(current, name))]
+        for name in sorted(dirs + files):
+            _copy_entry(dirfd, name, os.path.join(here, name))
 
 
-def _copy_entry(source: str, target: str) -> None:
-    info = os.lstat(source)
+def _copy_entry(dirfd: int, name: str, target: str) -> None:
     if os.path.lexists(target):
-        return  # an earlier layer's entry (a directory) or a second look
+        return  # an earlier layer's entry (a directory), or copied before
+    info = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
     if stat.S_ISDIR(info.st_mode):
         os.mkdir(target, 0o700)
     elif stat.S_ISLNK(info.st_mode):
-        os.symlink(os.readlink(source), target)
+        os.symlink(os.readlink(name, dir_fd=dirfd), target)
     elif stat.S_ISREG(info.st_mode):
-        shutil.copyfile(source, target, follow_symlinks=False)
-        os.chmod(target, stat.S_IMODE(info.st_mode) & 0o777)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dirfd)
+        except OSError:
+            return  # changed meanwhile (now a link or gone)
+        with open(fd, "rb") as reader:
+            if not stat.S_ISREG(os.fstat(reader.fileno()).st_mode):
+                return
+            with open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "wb") as writer:
+                shutil.copyfileobj(reader, writer)
+        os.chmod(target, stat.S_IMODE(info.st_mode) & 0o777)  # no set-uid, set-gid or sticky bits
     # Whiteouts (0/0 character devices), device nodes, fifos and sockets
     # are not copied: changes.txt lists the deletions.
 
