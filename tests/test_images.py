@@ -613,10 +613,13 @@ def test_unknown_image_is_a_clear_error(shipped: Shipped, pytester: pytest.Pytes
         """
     )
     (line,) = failure_lines(run(pytester, "-o", f"isolate_cache={shipped.cache}"))
+    # Found at collection, before any test runs (the shipped images are known by name).
     assert line.startswith(
-        "ERROR test_unknown_image_is_a_clear_error.py::test_it - pytest-isolate could not prepare the root "
-        "filesystem image: no image named 'no-such-image'"
+        "ERROR test_unknown_image_is_a_clear_error.py - Failed: test_unknown_image_is_a_clear_error.py::test_it: "
+        "@isolated(rootfs='no-such-image') is invalid: expected a recipe or an imported image: no image named "
+        "'no-such-image'"
     ), line
+    assert line.endswith("known images: debian-bookworm, debian-bookworm-tools"), line
 
 
 def test_image_that_cannot_host_the_host_python_says_which_library(shipped: Shipped, pytester: pytest.Pytester) -> None:
