@@ -52,6 +52,7 @@ def info(as_json: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pytest-isolate", description="run pytest tests in throw-away containers")
+    parser.add_argument("--version", action="version", version=f"pytest-isolate {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     info_parser = commands.add_parser("info", help="what this host gives the plugin (like docker info)")
     info_parser.add_argument("--json", action="store_true", help="print JSON for machines")
@@ -59,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     from pytest_isolate import plot
 
     plot.add_parser(commands)
+    from pytest_isolate import keep
+
+    keep.add_parser(commands)
     arguments = parser.parse_args(argv)
     if arguments.command == "info":
         return info(arguments.json)
@@ -66,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         return images_commands.run(arguments)
     if arguments.command == "plot":
         return plot.run(arguments.reports, arguments.output, arguments.top)
+    if arguments.command == "kept":
+        return keep.run_command(arguments)
     parser.error(f"unknown command {arguments.command}")
     return 2
 

@@ -104,6 +104,10 @@ def argument_support(facts: dict[str, Any]) -> dict[str, tuple[bool, str]]:
     support["mem"] = limit("memory")
     support["cpu"] = limit("cpu")
     support["pids"] = limit("pids")
+    if not root and container:
+        from pytest_isolate.rootless_info import rootless_support
+
+        support.update(rootless_support(facts, support))
     return support
 
 

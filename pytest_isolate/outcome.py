@@ -40,6 +40,7 @@ class ContainerResult:
     changes: list[Change] | None = None  # files the test touched, with --isolate-diff
     reported_cpu_seconds: float | None = None  # the test process's own rusage, at "done"
     limits_by: str | None = None  # "cgroup", "rlimit" (rootless fallback) or None (no limits)
+    kept: str | None = None  # --isolate-keep: where the writable layer was copied
 
     def add(self, message: Message) -> None:
         if isinstance(message, Report):

@@ -8,6 +8,7 @@ when the first isolated test runs.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Generator
 from typing import TYPE_CHECKING
 
@@ -62,6 +63,12 @@ COMPARE_HELP = "after the run, show the tests whose peak memory or CPU time grew
 DIFF_HELP = "add to each isolated test's report the files it added (A), changed (C) and deleted (D)"
 DIFF_FAIL_HELP = "fail an isolated test that wrote under these path prefixes, e.g. /etc /usr"
 COMPARE_THRESHOLD_HELP = "growth that --isolate-compare reports, as a fraction (default 0.2: 20%)"
+COMPARE_MIN_MEM_HELP = "--isolate-compare ignores peak memory growth smaller than this (default 8M)"
+COMPARE_MIN_CPU_HELP = "--isolate-compare ignores CPU time growth smaller than this many seconds (default 0.5)"
+KEEP_HELP = (
+    "keep the writable layer of isolated tests that failed (failed), of every isolated test (all), "
+    "or of none (none, the default); the last 3 runs are kept (pytest-isolate kept)"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +78,7 @@ class Settings:
     budget_strict: bool = False
     diff: bool = False
     diff_fail: tuple[str, ...] = ()
+    keep: str = "none"  # --isolate-keep: none, failed or all
 
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -101,6 +109,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--isolate-json", metavar="PATH", default=None, help=JSON_HELP)
     group.addoption("--isolate-compare", metavar="OLD.json", default=None, help=COMPARE_HELP)
     parser.addini("isolate_compare_threshold", COMPARE_THRESHOLD_HELP, default="0.2")
+    parser.addini("isolate_compare_min_mem", COMPARE_MIN_MEM_HELP, default="8M")
+    parser.addini("isolate_compare_min_cpu", COMPARE_MIN_CPU_HELP, default="0.5")
+    group.addoption("--isolate-keep", metavar="failed|all|none", default=None, help=KEEP_HELP)
+    parser.addini("isolate_keep", KEEP_HELP, default="none")
     group.addoption("--isolate-diff", action="store_true", default=None, help=DIFF_HELP)
     parser.addini("isolate_diff", DIFF_HELP, type="bool", default=False)
     group.addoption("--isolate-diff-fail", metavar="PREFIXES", default=None, help=DIFF_FAIL_HELP + " (comma-separated)")
@@ -119,6 +131,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def read_settings(config: pytest.Config) -> Settings:
     """The one place that orders built-in default < ini < command line."""
+    from pytest_isolate.config_checks import read_keep
+
     defaults: dict[str, Setting] = {}
     for argument in ARGUMENTS:
         ini_value = config.getini(f"isolate_{argument}")
@@ -129,13 +143,25 @@ def read_settings(config: pytest.Config) -> Settings:
             defaults[argument] = Setting(cli_value, "cli")
         if argument in defaults:
             check_setting(argument, defaults[argument])
+            if argument == "rootfs":
+                _check_image(config, defaults[argument])
     return Settings(
         isolate_all=_flag(config, "isolate"),
         defaults=defaults,
         budget_strict=_flag(config, "isolate_budget_strict"),
         diff=_flag(config, "isolate_diff"),
         diff_fail=_diff_fail_prefixes(config),
+        keep=read_keep(config),
     )
+
+
+def _check_image(config: pytest.Config, setting: Setting, where: str | None = None) -> None:
+    """A rootfs that names an image must name one that exists (checked before any test runs)."""
+    from pytest_isolate.config_checks import image_problem
+
+    problem = image_problem(config, str(setting.value))
+    if problem is not None:
+        raise SpecError(setting.origin, "rootfs", setting.value, f"a recipe or an imported image: {problem}", where=where)
 
 
 def _diff_fail_prefixes(config: pytest.Config) -> tuple[str, ...]:
@@ -160,8 +186,11 @@ def pytest_configure(config: pytest.Config) -> None:
         f"{MARKER_SIGNATURE}: run the test in its own throw-away Linux container "
         "(overlay snapshot of the root, new namespaces, cgroup limits)",
     )
+    from pytest_isolate import config_checks
+
     try:
         config.stash[SETTINGS_KEY] = read_settings(config)
+        config_checks.check_all(config)
     except SpecError as error:
         raise pytest.UsageError(str(error)) from None
     if config.pluginmanager.hasplugin("rerunfailures"):
@@ -173,6 +202,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
         if wanted(config):
             config.pluginmanager.register(UsageReporter(config), "pytest-isolate-usage-report")
+        if os.geteuid() != 0:  # rootless: a limit the rlimit fallback cannot enforce is said
+            from pytest_isolate.unenforced import UnenforcedLimits
+
+            config.pluginmanager.register(UnenforcedLimits(), "pytest-isolate-unenforced-limits")
+        if config.stash[SETTINGS_KEY].keep != "none":
+            from pytest_isolate import keep
+
+            keep.run_dir_for(config)  # made here, before xdist starts its workers: they share it
+            config.pluginmanager.register(keep.KeptSummary(), "pytest-isolate-kept-summary")
     # Flake hunting and the CI summary: their options are checked here, before the run.
     try:
         repeat.configure(config)
@@ -206,13 +244,20 @@ def _resolve(item: pytest.Item) -> IsolationSpec:
             )
         for name, value in marker.kwargs.items():
             marker_kwargs.setdefault(name, value)
-    return resolve_spec(item.config.stash[SETTINGS_KEY].defaults, marker_kwargs, item.nodeid)
+    spec = resolve_spec(item.config.stash[SETTINGS_KEY].defaults, marker_kwargs, item.nodeid)
+    if "rootfs" in marker_kwargs:
+        _check_image(item.config, Setting(marker_kwargs["rootfs"], "marker"), where=item.nodeid)
+    return spec
+
+
+# The bad markers found while one collector (a module or class) collects.
+BAD_MARKERS_KEY = pytest.StashKey[list[str]]()
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> Generator[None, object, object]:
-    # Checking here, inside the module's collection, turns a bad marker
-    # argument into a collection error for that module, not an INTERNALERROR.
+    # Checked here, inside the collection of the module (or class): every
+    # bad marker becomes a collection error of it, not an INTERNALERROR.
     result = yield
     items = result if isinstance(result, list) else [result]
     for item in items:
@@ -220,8 +265,36 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: objec
             try:
                 item.stash[SPEC_KEY] = _resolve(item)
             except SpecError as error:
-                raise pytest.fail.Exception(str(error), pytrace=False) from None
+                collector.stash.setdefault(BAD_MARKERS_KEY, []).append(str(error))
     return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    """One collection error per bad marker of the collector, all of them, in the order of the tests."""
+    report = yield
+    bad = collector.stash.get(BAD_MARKERS_KEY, [])
+    if not bad or not report.passed:
+        return report
+    errors = [_collection_error(collector, message) for message in bad]
+    # This collector fails, so pytest will not collect its classes: check
+    # them now, so that one run reports every bad marker.
+    for child in report.result:
+        if isinstance(child, pytest.Collector):
+            child_report = child.ihook.pytest_make_collect_report(collector=child)
+            if child_report.failed:
+                errors.append(child_report)
+    for error in errors[:-1]:
+        collector.ihook.pytest_collectreport(report=error)
+    return errors[-1]
+
+
+def _collection_error(collector: pytest.Collector, message: str) -> pytest.CollectReport:
+    # pytest's own representation of a pytest.fail() during collection, so a
+    # bad marker reads like any other collection error ("ERROR x.py - Failed: ...").
+    call = pytest.CallInfo.from_call(lambda: pytest.fail(message, pytrace=False), when="collect")
+    assert call.excinfo is not None
+    return pytest.CollectReport(collector.nodeid, "failed", collector.repr_failure(call.excinfo), [])
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_isolate import coverage_bridge, rerun, scopes
+from pytest_isolate import coverage_bridge, endpoints, rerun, scopes
 from pytest_isolate.container import fsdiff
 from pytest_isolate.errors import ContainerError
 from pytest_isolate.forwarding import rebuild_warning
@@ -87,9 +87,14 @@ def isolated_runtestprotocol(
             reports = [ihook.pytest_runtest_makereport(item=item, call=setup)]
             result = None
         else:
+            spec = endpoints.with_exposed(item, spec)  # known only now that the wider fixtures are set up
             result = _run_container(runtime, item, spec)
             reports, warnings_seen = _rebuild(item, spec, result, budget_strict=runtime.settings.budget_strict)
             _apply_changes(item, result, reports, runtime.settings.diff, runtime.settings.diff_fail)
+            if runtime.keep_mode != "none":
+                from pytest_isolate import keep
+
+                keep.finish(item, result, reports, runtime.keep_mode)
         child_teardown = reports.pop() if reports and reports[-1].when == "teardown" else None
         for report in reports:
             emit(report)
@@ -232,6 +237,10 @@ def _apply_changes(
     call = next((report for report in reports if report.when == "call"), None)
     if call is None:
         return
+    from pytest_isolate.tmpdirs import given_basetemp, without_bookkeeping
+
+    # pytest's own base-directory bookkeeping is not what the test wrote.
+    result.changes = without_bookkeeping(result.changes, given_basetemp(item.config.option))
     if show:
         listing = "\n".join(map(str, result.changes)) or "none"
         if result.changes_note:

@@ -62,6 +62,13 @@ class Runtime:
         self.net_range = str(config.getini("isolate_net_range"))
         # --isolate-diff or isolate_diff_fail: containers keep their layers open for reading.
         self.diff_wanted = settings.diff or bool(settings.diff_fail)
+        # --isolate-keep: the layers are held open too, and copied at "done".
+        self.keep_mode = settings.keep
+        self.keep_run_dir: str | None = None
+        if self.keep_mode != "none":
+            from pytest_isolate import keep
+
+            self.keep_run_dir = keep.run_dir_for(config)
         # Not root: rootless containers, in a user namespace of our own.
         self.rootless = os.geteuid() != 0
         self.userns_problem = None if not self.rootless else _userns_problem()
@@ -279,7 +286,7 @@ class Runtime:
             routing=self.routing,
             hardening=self.hardening,
             stage=self.stage if self.rootless or not userns else self.userns_stage(),
-            keep_layers=self.diff_wanted,
+            keep_layers=self.diff_wanted or self.keep_run_dir is not None,
             rootless=userns,
             rlimits=rlimits_for(spec) if rlimits else (),
             user_sync=(mapping[0][1], mapping[1][0]) if mapping else None,
@@ -306,7 +313,14 @@ class Runtime:
                 status_write = -1
             net.after_fork(processes.test_pid)
             parser = Parser(item.nodeid)
-            finished_cleanly = self._watch(result, processes, report_read, parser, spec.timeout, cgroup, started, plan)
+            keep_to = None
+            if self.keep_run_dir is not None:
+                from pytest_isolate import keep
+
+                keep_to = keep.test_dir(self.keep_run_dir, item.nodeid)
+            finished_cleanly = self._watch(
+                result, processes, report_read, parser, spec.timeout, cgroup, started, plan, keep_to
+            )
         finally:
             for fd in (report_write, init_read, report_read, status_write, *(fd for pair in mapping or () for fd in pair)):
                 if fd >= 0:
@@ -360,6 +374,7 @@ class Runtime:
         cgroup: TestCgroup | None,
         started: float,
         plan: MountPlan,
+        keep_to: str | None = None,
     ) -> bool:
         """Read messages until the test says "done" (True) or its processes are gone (False).
 
@@ -403,9 +418,7 @@ class Runtime:
                                     continue
                                 result.reported_cpu_seconds = message.cpu_seconds
                                 if result.ready is not None and result.ready.stage_fd is not None:
-                                    result.changes, result.changes_note = _read_layers(
-                                        processes.test_pid, result.ready, plan, deadline
-                                    )
+                                    _read_layers(result, processes.test_pid, result.ready, plan, deadline, keep_to)
                                 return True
                             result.add(message)
                     except ProtocolViolation as violation:
@@ -428,8 +441,10 @@ class Runtime:
             os.close(test_exited)
 
 
-def _read_layers(pid: int, ready: Ready, plan: MountPlan, deadline: float | None) -> tuple[list[fsdiff.Change], str]:
-    """--isolate-diff: the test's writable layers, read through the descriptor the machinery reported.
+def _read_layers(
+    result: ContainerResult, pid: int, ready: Ready, plan: MountPlan, deadline: float | None, keep_to: str | None
+) -> None:
+    """--isolate-diff and --isolate-keep: the test's writable layers, through the descriptor the machinery reported.
 
     The test may have put anything at that descriptor number since: it is
     read only if it still is the tmpfs the machinery made (device and inode
@@ -439,12 +454,19 @@ def _read_layers(pid: int, ready: Ready, plan: MountPlan, deadline: float | None
     try:
         stage = os.open(f"/proc/{pid}/fd/{ready.stage_fd}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
-        return [], fsdiff.NOT_READ
+        result.changes, result.changes_note = [], fsdiff.NOT_READ
+        return
     try:
         found = os.fstat(stage)
         if (found.st_dev, found.st_ino) != ready.stage_id:
-            return [], fsdiff.NOT_READ
-        return fsdiff.read_changes(stage, plan, deadline=deadline)
+            result.changes, result.changes_note = [], fsdiff.NOT_READ
+            return
+        result.changes, result.changes_note = fsdiff.read_changes(stage, plan, deadline=deadline)
+        if keep_to is not None:  # --isolate-keep, while the layers still exist
+            from pytest_isolate import keep
+
+            keep.copy_layers(f"/proc/self/fd/{stage}", plan, keep_to)  # our own, checked descriptor
+            result.kept = keep_to
     finally:
         os.close(stage)
 

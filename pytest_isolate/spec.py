@@ -206,8 +206,12 @@ def parse_caps(value: object) -> frozenset[str]:
     else:
         raise _Invalid(expected)
     normal = frozenset(name.upper().removeprefix("CAP_") for name in names)
-    if not normal <= CAPABILITIES.keys():
-        raise _Invalid(expected)
+    unknown = sorted(normal - CAPABILITIES.keys())
+    if unknown:
+        raise _Invalid(
+            f"{expected}; {', '.join(unknown)} {'is not a capability' if len(unknown) == 1 else 'are not capabilities'}: "
+            f"the names are {', '.join(sorted(CAPABILITIES))}"
+        )
     return normal
 
 

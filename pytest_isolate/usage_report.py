@@ -61,6 +61,7 @@ class UsageReporter:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.tests: dict[str, TestUsage] = {}
+        self.json_written: str | None = None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         properties = {name: value for name, value in report.user_properties if str(name).startswith(_PROPERTY_PREFIX)}
@@ -78,17 +79,24 @@ class UsageReporter:
         compare = self.config.getoption("isolate_compare")
         if compare:
             self._compare(terminalreporter, compare)
+        if self.json_written is not None:  # as --junitxml says "generated xml file: ..."
+            terminalreporter.write_sep("-", f"pytest-isolate usage written to {self.json_written}")
 
     def pytest_sessionfinish(self) -> None:
-        path = self.config.getoption("isolate_json")
+        from pytest_isolate.config_checks import prepare_json_path
+
+        path = prepare_json_path(self.config)  # checked (and its directory made) at start
         if path:
             flakes = self.config.pluginmanager.get_plugin("pytest-isolate-flakes")  # --isolate-repeat (flakes.py)
             write_json(path, list(self.tests.values()), extra={"repeat": flakes.as_json()} if flakes else None)
+            self.json_written = path
 
     # ---------------------------------------------------------- summary
 
     def _summary(self, terminalreporter: Any) -> None:
-        top = int(self.config.getini("isolate_report_top"))
+        from pytest_isolate.config_checks import read_report_top
+
+        top = read_report_top(self.config)
         measured = [t for t in self.tests.values() if t.get("peak_memory_bytes") is not None]
         terminalreporter.section(f"isolated tests: {top} greediest by peak memory")
         by_memory = sorted(measured, key=lambda t: -t.get("peak_memory_bytes"))[:top]
@@ -115,7 +123,13 @@ class UsageReporter:
     # ---------------------------------------------------------- compare
 
     def _compare(self, terminalreporter: Any, old_path: str) -> None:
-        threshold = float(self.config.getini("isolate_compare_threshold"))
+        from pytest_isolate import config_checks
+
+        threshold = config_checks.read_compare_threshold(self.config)
+        # Growth must pass both the fraction and an absolute floor: a test
+        # going from 0.03 to 0.38 CPU seconds is noise, not a regression.
+        min_mem = config_checks.read_compare_min_mem(self.config)
+        min_cpu = config_checks.read_compare_min_cpu(self.config)
         try:
             old = {test["nodeid"]: test for test in read_json(old_path)["tests"]}
         except (OSError, ValueError, KeyError) as error:
@@ -127,14 +141,17 @@ class UsageReporter:
             if before is None:
                 continue
             for key, floor, show in (
-                ("peak_memory_bytes", 1 << 20, format_bytes),
-                ("cpu_seconds", 0.05, lambda value: f"{value:.2f}s"),
+                ("peak_memory_bytes", min_mem, format_bytes),
+                ("cpu_seconds", min_cpu, lambda value: f"{value:.2f}s"),
             ):
                 was, now = before["usage"].get(key), test.get(key)
-                if was and now and now - was > floor and now > was * (1 + threshold):
+                if was and now and now - was >= floor and now > was * (1 + threshold):
                     label = "peak memory" if key == "peak_memory_bytes" else "CPU time"
                     lines.append(f"{test.nodeid}: {label} {show(was)} -> {show(now)} (+{now / was - 1:.0%})")
-        terminalreporter.section(f"isolated tests that grew more than {threshold:.0%} since {os.path.basename(old_path)}")
+        terminalreporter.section(
+            f"isolated tests that grew more than {threshold:.0%} (and by at least {format_bytes(min_mem)} "
+            f"or {min_cpu:g}s) since {os.path.basename(old_path)}"
+        )
         for line in lines or ["none"]:
             terminalreporter.write_line(line)
 

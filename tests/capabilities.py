@@ -10,8 +10,22 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 
-ALL = ("root", "overlay", "cgroup", "cgroup_v1", "cgroup_v2", "netns", "rootless")
+ALL = ("root", "overlay", "cgroup", "cgroup_v1", "cgroup_v2", "netns", "rootless", "fuse_overlayfs", "mmdebstrap")
+
+# Optional host tools: a test that needs one skips naming the package to
+# install, so the README's test command is green on a fresh machine; CI names
+# them in PYTEST_ISOLATE_REQUIRE, so there a missing tool is a failure.
+PACKAGES = {"fuse_overlayfs": "fuse-overlayfs", "mmdebstrap": "mmdebstrap"}
+
+
+def skip_reason(capability: str) -> str:
+    """What a skip for a missing capability says."""
+    package = PACKAGES.get(capability)
+    if package is not None:
+        return f"needs {capability}: install the package {package} (apt-get install {package})"
+    return f"needs {capability}"
 
 
 def _mounts() -> list[tuple[str, str, set[str]]]:
@@ -45,6 +59,10 @@ def has(capability: str) -> bool:
         return has("cgroup_v1") or has("cgroup_v2")
     if capability == "netns":
         return os.path.exists("/proc/self/ns/net")
+    if capability == "fuse_overlayfs":
+        return shutil.which("fuse-overlayfs") is not None and os.path.exists("/dev/fuse")
+    if capability == "mmdebstrap":
+        return shutil.which("mmdebstrap") is not None
     if capability == "rootless":
         # Not root, and the kernel lets us make a user namespace (where our
         # user is root): what rootless containers need.

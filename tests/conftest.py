@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from capabilities import has, required_by_environment
+from capabilities import has, required_by_environment, skip_reason
 
 pytest_plugins = ["pytester"]
 
@@ -18,17 +18,21 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    required = required_by_environment()
     for marker in item.iter_markers("requires"):
         for capability in marker.args:
-            if has(capability):
-                continue
-            if capability in required:
-                pytest.fail(
-                    f"capability {capability!r} probed as missing, but PYTEST_ISOLATE_REQUIRE says this "
-                    "machine has it: the probe or the feature is broken"
-                )
-            pytest.skip(f"needs {capability}")
+            require(capability)
+
+
+def require(capability: str) -> None:
+    """Skip (or, where PYTEST_ISOLATE_REQUIRE names it, fail) unless the host has ``capability``."""
+    if has(capability):
+        return
+    if capability in required_by_environment():
+        pytest.fail(
+            f"capability {capability!r} probed as missing, but PYTEST_ISOLATE_REQUIRE says this "
+            "machine has it: the probe or the feature is broken"
+        )
+    pytest.skip(skip_reason(capability))
 
 
 @pytest.fixture

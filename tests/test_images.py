@@ -66,18 +66,6 @@ class Shipped:
     tools: list[str]  # debian-bookworm-tools's layers
 
 
-def _ensure_mmdebstrap() -> None:
-    if shutil.which("mmdebstrap"):
-        return
-    why = "not root"
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        result = subprocess.run(["apt-get", "install", "-y", "-q", "mmdebstrap"], capture_output=True, text=True, check=False)
-        if shutil.which("mmdebstrap"):
-            return
-        why = (result.stdout + result.stderr).strip().splitlines()[-1:]
-    pytest.skip(f"mmdebstrap is missing and could not be installed ({why}): apt-get install mmdebstrap")
-
-
 def _shared_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     if os.environ.get("PYTEST_ISOLATE_CACHE"):
         return os.environ["PYTEST_ISOLATE_CACHE"]
@@ -89,11 +77,10 @@ def _shared_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def shipped(tmp_path_factory: pytest.TempPathFactory) -> Shipped:
-    from capabilities import has
+    from conftest import require
 
-    if not (has("root") and has("overlay")):
-        pytest.skip("building images needs root and overlayfs")
-    _ensure_mmdebstrap()
+    for capability in ("root", "overlay", "mmdebstrap"):
+        require(capability)
     cache = _shared_cache_dir(tmp_path_factory)
     tools = resolve_layers("debian-bookworm-tools", [], cache)
     base = resolve_layers("debian-bookworm", [], cache)
@@ -626,10 +613,13 @@ def test_unknown_image_is_a_clear_error(shipped: Shipped, pytester: pytest.Pytes
         """
     )
     (line,) = failure_lines(run(pytester, "-o", f"isolate_cache={shipped.cache}"))
+    # Found at collection, before any test runs (the shipped images are known by name).
     assert line.startswith(
-        "ERROR test_unknown_image_is_a_clear_error.py::test_it - pytest-isolate could not prepare the root "
-        "filesystem image: no image named 'no-such-image'"
+        "ERROR test_unknown_image_is_a_clear_error.py - Failed: test_unknown_image_is_a_clear_error.py::test_it: "
+        "@isolated(rootfs='no-such-image') is invalid: expected a recipe or an imported image: no image named "
+        "'no-such-image'"
     ), line
+    assert line.endswith("known images: debian-bookworm, debian-bookworm-tools"), line
 
 
 def test_image_that_cannot_host_the_host_python_says_which_library(shipped: Shipped, pytester: pytest.Pytester) -> None:

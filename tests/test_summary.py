@@ -76,7 +76,10 @@ def test_summary_file_and_github_step_summary(pytester: pytest.Pytester, monkeyp
     assert re.fullmatch(
         r"\| `test_ci\.py::test_allocates_64m` \| peak memory (6\d|7\d)\.\d MiB > budget_mem 40\.0 MiB \|", lines[budget + 4]
     ), lines[budget + 4]
-    grew = lines.index("### Isolated tests that grew more than 20% since old.json")
+    # The compare report's own title, with issue 12's absolute floors.
+    [grew] = [n for n, line in enumerate(lines) if re.fullmatch(
+        r"### Isolated tests that grew more than 20% \(and by at least [\d.]+ [KMG]iB or [\d.]+s\) since old\.json", line
+    )]
     assert re.fullmatch(
         r"- `test_ci\.py::test_allocates_16m`: peak memory 4\.0 MiB -> \d\d\.\d MiB \(\+\d+%\)", lines[grew + 2]
     ), lines[grew + 2]

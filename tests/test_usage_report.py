@@ -86,9 +86,30 @@ def test_compare_shows_growth(pytester: pytest.Pytester) -> None:
             test["usage"]["peak_memory_bytes"] = 10 << 20  # pretend it used to be small
     (pytester.path / "old.json").write_text(json.dumps(old))
     result = run(pytester, "--isolate-compare=old.json")
-    lines = _section(result, "isolated tests that grew more than 20% since old.json")
+    lines = _section(result, "isolated tests that grew more than 20% (and by at least 8.0 MiB or 0.5s) since old.json")
     assert len(lines) == 1
     assert re.fullmatch(r"test_greedy.py::test_allocates_100m: peak memory 10.0 MiB -> 1\d\d\.\d MiB \(\+\d+%\)", lines[0])
+
+
+def test_compare_ignores_small_absolute_growth(pytester: pytest.Pytester) -> None:
+    """Millisecond noise is not growth: both the fraction and the floor must be passed."""
+    pytester.makepyfile(test_greedy=GREEDY)
+    run(pytester, "--isolate-json=old.json").assert_outcomes(passed=3)
+    old = json.loads((pytester.path / "old.json").read_text())
+    for test in old["tests"]:
+        if test["nodeid"].endswith("test_spins_one_second"):
+            test["usage"]["cpu_seconds"] = 0.01  # now ~0.25 s: +2400%, but only 0.24 s more
+        if test["nodeid"].endswith("test_idle"):
+            test["usage"]["peak_memory_bytes"] = 1 << 20  # now ~3 MiB: +200%, but under the 8M floor
+    (pytester.path / "old.json").write_text(json.dumps(old))
+    quiet = run(pytester, "--isolate-compare=old.json")
+    assert _section(quiet, "isolated tests that grew more than 20% (and by at least 8.0 MiB or 0.5s) since old.json") == ["none"]
+    loud = run(pytester, "--isolate-compare=old.json", "-o", "isolate_compare_min_cpu=0.1", "-o", "isolate_compare_min_mem=1M")
+    lines = _section(loud, "isolated tests that grew more than 20% (and by at least 1.0 MiB or 0.1s) since old.json")
+    assert sorted(re.sub(r" \d.*", "", line) for line in lines) == [
+        "test_greedy.py::test_idle: peak memory",
+        "test_greedy.py::test_spins_one_second: CPU time",
+    ], lines
 
 
 @pytest.mark.parametrize("strict", [False, True])

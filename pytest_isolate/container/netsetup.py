@@ -40,7 +40,7 @@ class ContainerNetwork:
         self.forwarder: Forwarder | None = None
         self.ours: socket.socket | None = None
         self.theirs: socket.socket | None = None
-        if spec.net.mode in ("private", "forward"):
+        if spec.net.mode == "private" or spec.net.endpoints:
             self.ours, self.theirs = socket.socketpair()
             # A test's timeout= covers its network's setup too.
             self.ours.settimeout(min(HANDSHAKE_SECONDS, spec.timeout or HANDSHAKE_SECONDS))
@@ -59,7 +59,7 @@ class ContainerNetwork:
                 return  # it failed before unsharing; its report says why
             self.link.create(container_pid)
             self.ours.sendall(b"g")
-        if self.spec.net.mode == "forward":
+        if self.spec.net.endpoints:  # forwarded, also over a private link (a fixture's exposed server)
             count = len(self.spec.net.endpoints)
             try:
                 _, fds, _, _ = socket.recv_fds(self.ours, 1, count)
@@ -120,7 +120,7 @@ class ContainerNetwork:
         if self.link is not None:
             network.configure_link(self.link.peer_name, self.link.container_address, self.link.host_address, 30)
             os.environ[HOST_ADDR_VARIABLE] = self.link.host_address
-        if spec.net.mode == "forward":
+        if spec.net.endpoints:
             assert self.theirs is not None
             listeners = network.open_listeners(spec.net.endpoints)
             socket.send_fds(self.theirs, [b"L"], [listener.fileno() for listener in listeners])

@@ -114,6 +114,21 @@ def _image_layers(name: str, dirs: list[str], cache: LayerCache) -> tuple[list[L
     return plan_recipe_layers(chain, cache, below), "recipe", recipe.path
 
 
+def image_exists(name: str, extra_dirs: list[str] | tuple[str, ...] = (), cache_dir: str | None = None) -> None:
+    """Raise ImageError unless ``name`` is a recipe or an imported image; builds nothing.
+
+    What pytest checks at collection, so that a misspelt ``rootfs=`` is a
+    collection error, not a failure of each test.
+    """
+    dirs = recipe_dirs(extra_dirs)
+    if find_recipe(name, dirs) is not None:
+        return
+    cache = LayerCache(cache_dir)
+    tag = cache.read_tag(name)
+    if not (tag and tag.get("kind") == "import"):
+        raise UnknownImageError(name, dirs, sorted(set(_recipe_names(dirs)) | set(cache.tags())))
+
+
 def resolve_layers(
     name_or_path: str,
     extra_dirs: list[str] | tuple[str, ...] = (),
@@ -166,7 +181,7 @@ def import_image(
     recipe = find_recipe(name, recipe_dirs(extra_dirs))
     if recipe is not None:
         raise ImageError(f"a recipe named {name!r} exists ({recipe.path}) and would hide the import; pick another name")
-    tools.require_root(f"importing image {name!r}")
+    tools.require_root(f"importing image {name!r}", f"pytest-isolate images import {name} FILE")
     cache = LayerCache(cache_dir)
     keys = import_archive(name, path, cache, progress)
     return [cache.rootfs(key) for key in reversed(keys)]

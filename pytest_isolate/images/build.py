@@ -68,7 +68,7 @@ def plan_recipe_layers(chain: list[Recipe], cache: LayerCache, below: list[Layer
 
 
 def build_base(image: str, base: BaseSpec, log_path: str, workdir: str) -> None:
-    tools.require_root(f"building image {image!r}")
+    tools.require_root(f"building image {image!r}", f"pytest-isolate images build {image}")
     command = [tools.find_mmdebstrap(), "--mode=root", "--format=directory", f"--variant={base.variant}"]
     if base.include:
         command.append(f"--include={','.join(base.include)}")
@@ -88,7 +88,7 @@ def build_base(image: str, base: BaseSpec, log_path: str, workdir: str) -> None:
 def build_step(image: str, number: int, command: str, lowers: list[str], cache: LayerCache, log_path: str,
                workdir: str) -> None:  # fmt: skip
     """Run one step in an overlay of ``lowers`` (keys, topmost first); the upper becomes the layer."""
-    tools.require_root(f"building image {image!r}")
+    tools.require_root(f"building image {image!r}", f"pytest-isolate images build {image}")
     upper, work, merged = (os.path.join(workdir, part) for part in (ROOTFS, "work", "merged"))
     for directory in (upper, work, merged):
         os.mkdir(directory, 0o755)

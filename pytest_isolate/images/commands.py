@@ -17,8 +17,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     images.add_argument("--recipes", metavar="DIR", action="append", default=[],
                         help="a directory of recipes searched before the built-in ones (repeatable)")  # fmt: skip
     actions = images.add_subparsers(dest="images_command", required=True)
-    build = actions.add_parser("build", help="build an image's missing layers")
-    build.add_argument("name")
+    build = actions.add_parser(
+        "build", help="build an image's missing layers",
+        description="Build the layers of an image that the cache lacks, under a lock (a warm cache builds nothing), "
+        "and print its layer directories, topmost first.",
+    )
+    build.add_argument("name", help="the image: a recipe name (NAME.toml in rootfs-images/ or a --recipes "
+                       "directory), such as debian-bookworm")  # fmt: skip
     actions.add_parser("list", help="images: layers, size, when built, cache key")
     remove = actions.add_parser("rm", help="delete an image's layers that no other image uses")
     remove.add_argument("name")

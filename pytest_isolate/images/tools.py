@@ -48,11 +48,12 @@ def mmdebstrap_version(cache_root: str | None) -> str:
     return version
 
 
-def require_root(what: str) -> None:
+def require_root(what: str, command: str = "pytest-isolate images build NAME") -> None:
     if os.geteuid() != 0:
         raise ImageError(
             f"{what} needs root (it mounts overlays and runs chroot); this process runs as uid {os.geteuid()}: "
-            "run it with sudo, or as root in CI"
+            f"run `sudo {command}` first (with the same cache: PYTEST_ISOLATE_CACHE or isolate_cache), "
+            "or run pytest as root in CI"
         )
 
 
