@@ -34,6 +34,7 @@ STEP_UNSHARE = "create the mount, PID, UTS, IPC and network namespaces"
 STEP_MOUNT = "mount a tmpfs"
 STEP_LOOPBACK = "bring up loopback in the new network namespace"
 STEP_PROC = "mount a fresh /proc"
+STEP_HOSTNAME = "set the hostname"
 STEP_PIVOT = "pivot_root into the new root"
 NOT_TRIED = "not tried"
 
@@ -110,6 +111,8 @@ def explain(trial: Trial, found: Confinement) -> str:
             cause = "CAP_SYS_ADMIN is missing"
         elif filtered:
             cause = "the seccomp filter refuses unshare"
+    elif refused and trial.failed_step == STEP_HOSTNAME and filtered:
+        cause = "the seccomp filter refuses sethostname, and /proc/sys/kernel/hostname may not be written"
     elif refused and trial.failed_step == STEP_LOOPBACK:
         cause = "CAP_NET_ADMIN is missing"
     elif refused and trial.failed_step == STEP_PROC:
@@ -232,7 +235,9 @@ def _step(name: str, action, *args) -> object:  # type: ignore[no-untyped-def]
 
 
 def _trial_steps(route: str, stage: str) -> None:  # pragma: no cover - runs in the forked child
-    from pytest_isolate.container import libc, network, userns
+    import socket
+
+    from pytest_isolate.container import libc, network, sysfiles, userns
 
     if route == USERNS_ROUTE:
         _step(STEP_USERNS, userns.enter_as_root)
@@ -245,18 +250,31 @@ def _trial_steps(route: str, stage: str) -> None:  # pragma: no cover - runs in 
     os.mkdir(root)
     os.mkdir(os.path.join(root, "proc"))
     _step(STEP_MOUNT, libc.mount, root, root, None, libc.MS_BIND)
-    # /proc of the new PID namespace can only be mounted from inside it.
+    # /proc of the new PID namespace can only be mounted from inside it;
+    # the hostname is set there too, as the container's test process does.
+    answer_read, answer_write = os.pipe()
     child = os.fork()
     if child == 0:
-        code = 0
+        step = STEP_PROC
         try:
-            libc.mount("proc", os.path.join(root, "proc"), "proc", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC)
+            proc = os.path.join(root, "proc")
+            libc.mount("proc", proc, "proc", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC)
+            step = STEP_HOSTNAME
+            try:
+                socket.sethostname("isolated")
+            except PermissionError:
+                sysfiles.write(os.path.join(proc, "sys/kernel/hostname"), "isolated")
+            os.write(answer_write, b"ok")
         except OSError as error:
-            code = error.errno or errno.EIO
-        os._exit(code)
-    _, status = os.waitpid(child, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise _Refused(STEP_PROC, os.waitstatus_to_exitcode(status))
+            os.write(answer_write, f"{step}\n{error.errno or errno.EIO}".encode())
+        os._exit(0)
+    os.close(answer_write)
+    answer = os.read(answer_read, 512)
+    os.close(answer_read)
+    os.waitpid(child, 0)
+    if answer != b"ok":
+        step, _, number = answer.decode(errors="replace").partition("\n")
+        raise _Refused(step or STEP_PROC, int(number) if number.isdigit() else errno.EIO)
     os.chdir(root)
     _step(STEP_PIVOT, libc.pivot_root, ".", ".")
     _step(STEP_PIVOT, libc.umount2, ".", libc.MNT_DETACH)

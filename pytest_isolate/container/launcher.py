@@ -38,7 +38,6 @@ import dataclasses
 import os
 import resource
 import signal
-import socket
 import sys
 import traceback
 from typing import TYPE_CHECKING, NoReturn
@@ -200,7 +199,7 @@ def _build_container(job: ContainerJob, step) -> int | None:  # type: ignore[no-
             "run pytest from a directory every user may enter, or drop user=True",
         ) from None
     step("set up the container's hostname and network")
-    socket.sethostname(spec.hostname)
+    sysfiles.set_hostname(spec.hostname)
     if spec.net.own_namespace:
         job.net.configure_inside()
     _raise_oom_score(job.test_oom_score)
