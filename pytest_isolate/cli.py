@@ -75,7 +75,7 @@ def _confinement_lines(confined: dict[str, Any]) -> list[str]:
     ]
     for route, answer in confined["routes"].items():
         chosen = " (used)" if route == confined["route"] else ""
-        lines.append(f"  {route + chosen:21} {answer}")
+        lines.append(f"  {route + chosen:22} {answer}")
     return lines
 
 

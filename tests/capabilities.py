@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import os
 
-ALL = ("root", "overlay", "cgroup", "cgroup_v1", "cgroup_v2", "netns", "rootless")
+ALL = ("root", "overlay", "cgroup", "cgroup_v1", "cgroup_v2", "netns", "rootless", "podman", "docker")
 
 
 def _mounts() -> list[tuple[str, str, set[str]]]:
@@ -53,6 +53,11 @@ def has(capability: str) -> bool:
         from pytest_isolate.container.userns import available
 
         return available()[0]
+    if capability in ("podman", "docker"):
+        # The engine runs a container here (docker: its daemon answers) and a base image can be made.
+        from engine_helpers import usable
+
+        return usable(capability)
     raise ValueError(f"unknown capability {capability!r}; known: {', '.join(ALL)}")
 
 
