@@ -97,6 +97,9 @@ UNMASK = Flag(
     "a /proc without the engine's masks, so the kernel lets a user namespace mount a fresh /proc",
     "every isolated test",
 )
+UNMASK_FOR_LINKS = Flag(
+    "unmask", "a writable /proc/sys, to switch off forwarding on the host's end of a veth link", 'net="private"'
+)
 SECCOMP = Flag(
     "seccomp",
     "the syscalls the engine's seccomp profile refuses: unshare of a user namespace, mount, pivot_root",
@@ -132,6 +135,8 @@ def needed_flags(confinement: Confinement, engine: str, cgroup_writable: bool) -
             flags.append(SECCOMP)
         if confinement.masked_proc or trial.failed_step == STEP_PROC:
             flags.append(UNMASK)
+    elif confinement.proc_sys_read_only:
+        flags.append(UNMASK_FOR_LINKS)
         if confinement.apparmor:
             flags.append(APPARMOR)
     if not cgroup_writable:

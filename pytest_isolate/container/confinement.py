@@ -70,6 +70,7 @@ class Confinement:
     seccomp: int | None  # 0 disabled, 1 strict, 2 filter; None: the kernel does not say
     masked_proc: tuple[str, ...]  # mounts on top of /proc's entries (the engine's masks)
     cgroup_read_only: bool  # /sys/fs/cgroup (or the hierarchy we would use) is mounted read-only
+    proc_sys_read_only: bool  # engines mount /proc/sys read-only: a veth link's forwarding cannot be switched off
     apparmor: str | None  # the AppArmor profile we run under, None when unconfined or absent
     root_route: Trial
     userns_route: Trial
@@ -174,6 +175,13 @@ def _cgroup_read_only(entries: list[MountEntry]) -> bool:
     hierarchies = [e for e in entries if e.fstype == "cgroup" and "memory" in e.super_options]
     hierarchies = hierarchies or [e for e in entries if e.fstype == "cgroup2"]
     return bool(hierarchies) and all("ro" in e.options for e in hierarchies)
+
+
+def _read_only(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def apparmor_profile() -> str | None:
@@ -312,6 +320,7 @@ def probe(*, try_both: bool = False) -> Confinement:
         seccomp=seccomp,
         masked_proc=masked_proc_paths(entries),
         cgroup_read_only=_cgroup_read_only(entries),
+        proc_sys_read_only=_read_only("/proc/sys"),
         apparmor=apparmor_profile(),
         root_route=root_trial,
         userns_route=userns_trial,

@@ -246,7 +246,9 @@ def _raise_oom_score(inherited: str) -> None:
 
 def _advice(error: OSError) -> str:
     if error.errno in (1, 13):  # EPERM, EACCES
-        return "creating namespaces, mounts and cgroups needs root (or user namespaces): see `pytest-isolate info`"
+        # Root may be refused too (a CI container's seccomp profile or missing
+        # capabilities): info names what is missing and the flags.
+        return "the kernel refused it: `pytest-isolate info` shows what this host or container refuses, and the fix"
     return ""
 
 
