@@ -84,6 +84,12 @@ SPELLING = {
         KUBERNETES: "securityContext.capabilities.add: [NET_ADMIN]",
         UNKNOWN: "the NET_ADMIN capability (docker/podman: --cap-add NET_ADMIN)",
     },
+    "sys_admin": {
+        PODMAN: "--cap-add SYS_ADMIN",
+        DOCKER: "--cap-add SYS_ADMIN",
+        KUBERNETES: "securityContext.capabilities.add: [SYS_ADMIN]",
+        UNKNOWN: "the SYS_ADMIN capability (docker/podman: --cap-add SYS_ADMIN)",
+    },
     "privileged": {
         PODMAN: "--privileged",
         DOCKER: "--privileged",
@@ -112,6 +118,11 @@ CGROUP = Flag(
     "mem=, cpu=, pids=",
 )
 NET_ADMIN = Flag("net_admin", "CAP_NET_ADMIN, to create a veth link from this container to the test's", 'net="private"')
+SYS_ADMIN = Flag(
+    "sys_admin",
+    "CAP_SYS_ADMIN, to create namespaces and mount as root (the root route)",
+    "every isolated test",
+)
 PRIVILEGED = Flag("privileged", "every capability, no seccomp, no masks, writable cgroups: far more than needed", "all")
 
 # Engines whose default seccomp profile refuses unshare(CLONE_NEWUSER) and
@@ -123,7 +134,18 @@ _STRICT_SECCOMP = (DOCKER, KUBERNETES)
 def needed_flags(confinement: Confinement, engine: str, cgroup_writable: bool) -> list[Flag]:
     """The one complete set: after it, every marker argument works (minimal: the user-namespace route)."""
     flags: list[Flag] = []
-    if confinement.route is None:
+    if confinement.route is None and engine == KUBERNETES:
+        # A pod's /proc is unmasked only with procMount: Unmasked, which
+        # needs a user-namespaced pod (hostUsers: false): the root route is
+        # the one a plain pod spec can ask for.
+        flags.append(SYS_ADMIN)
+        if confinement.seccomp == 2:
+            flags.append(SECCOMP)
+        if confinement.apparmor:
+            flags.append(APPARMOR)
+        if confinement.proc_sys_read_only:
+            flags.append(UNMASK_FOR_LINKS)
+    elif confinement.route is None:
         trial = confinement.userns_route
         refused_by_filter = trial.error == errno.EPERM and trial.failed_step in (
             STEP_USERNS,
@@ -135,10 +157,10 @@ def needed_flags(confinement: Confinement, engine: str, cgroup_writable: bool) -
             flags.append(SECCOMP)
         if confinement.masked_proc or trial.failed_step == STEP_PROC:
             flags.append(UNMASK)
-    elif confinement.proc_sys_read_only:
-        flags.append(UNMASK_FOR_LINKS)
         if confinement.apparmor:
             flags.append(APPARMOR)
+    elif confinement.proc_sys_read_only:
+        flags.append(UNMASK_FOR_LINKS)
     if not cgroup_writable:
         flags.append(CGROUP)
     if confinement.euid == 0 and not confinement.has("NET_ADMIN"):
