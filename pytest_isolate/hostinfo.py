@@ -70,6 +70,7 @@ def confinement_facts() -> dict[str, Any]:
         "masked_proc": list(found.masked_proc),
         "apparmor": found.apparmor,
         "cgroup_read_only": found.cgroup_read_only,
+        "proc_sys_read_only": found.proc_sys_read_only,
         "cgroup_writable": writable,
         "routes": {found.root_route.route: explain(found.root_route, found), found.userns_route.route: explain(found.userns_route, found)},
         "route": found.route,
@@ -159,6 +160,8 @@ def argument_support(facts: dict[str, Any], confined: dict[str, Any] | None = No
     support = {name: (container, why_not) for name in names}
     if container and confined and root and "NET_ADMIN" in confined["missing_capabilities"]:
         support["net"] = (True, f'but net="private" needs CAP_NET_ADMIN{fix}')
+    elif container and confined and root and confined["proc_sys_read_only"]:
+        support["net"] = (True, f'but net="private" needs a writable /proc/sys{fix}')
     support["mem"] = limit("memory")
     support["cpu"] = limit("cpu")
     support["pids"] = limit("pids")

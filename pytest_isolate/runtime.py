@@ -192,6 +192,12 @@ class Runtime:
                 "create the container's private network link",
                 f"pytest runs as root without CAP_NET_ADMIN{self._where()}, and a veth link to the host needs it",
             )
+        if os.geteuid() == 0 and spec.net.mode == "private" and self.confinement.proc_sys_read_only and _forwarding_on():
+            raise self._confined(
+                "create the container's private network link",
+                f"/proc/sys is mounted read-only{self._where()}, and forwarding, which is on here, "
+                "must be switched off on the host's end of a veth link",
+            )
         if os.geteuid() != 0 and spec.net.mode == "private":
             raise ContainerError(
                 "create the container's private network link",
@@ -461,6 +467,11 @@ def _netlink_fds() -> tuple[int, ...]:
 
     fd = netlink_fd()
     return () if fd is None else (fd,)
+
+
+def _forwarding_on() -> bool:
+    """New links copy conf/default/forwarding: on, and a test could route through this host."""
+    return _read_text("/proc/sys/net/ipv4/conf/default/forwarding", "1").strip() != "0"
 
 
 def _userns_problem(found: Confinement) -> str | None:

@@ -237,6 +237,28 @@ def test_root_route_with_sys_admin_or_privileged(lane: Lane, nothing_left: None,
     assert re.search(r" 1 failed, 6 passed in ", result.pytest[-1]), result.output
 
 
+def test_root_route_without_unmask_refuses_only_the_private_link(lane: Lane, nothing_left: None) -> None:
+    """The GitLab docker executor's recipe: its config.toml cannot unmask /proc (systempaths is a CLI option)."""
+    name = lane.runner.name
+    flags = ["--cap-add", "SYS_ADMIN", "--cap-add", "NET_ADMIN", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw"]
+    if name == "docker":
+        flags += ["--security-opt", "seccomp=unconfined"]
+    result = lane.job(flags)
+    unmask = {"podman": "--security-opt unmask=ALL", "docker": "--security-opt systempaths=unconfined"}[name]
+    assert result.flags_line() == f"{name} run {unmask} ..."
+    assert '  net       yes, but net="private" needs a writable /proc/sys (see the flags below)' in result.info
+    assert result.failure_lines() == [
+        "ERROR test_job.py::test_private_link - pytest-isolate could not create the container's private network "
+        f"link: /proc/sys is mounted read-only in this {name} container, and forwarding, which is on here, must be "
+        "switched off on the host's end of a veth link",
+        MEMORY_BOMB,
+    ], result.output
+    assert (
+        f"start this {name} container with {name} run {unmask} ... (what each flag grants: pytest-isolate info), "
+        f"or, granting far more, {name} run --privileged ..."
+    ) in result.pytest
+
+
 def test_private_cgroup_namespace_keeps_test_cgroups_in_the_job(lane: Lane, nothing_left: None) -> None:
     """``--cgroupns=private`` with the host's tree mounted (mountinfo shows its root as ``/../..``): the session group goes under the job's cgroup."""
     name = f"pytest-isolate-lane-{uuid.uuid4().hex[:8]}"
