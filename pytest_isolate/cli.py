@@ -16,7 +16,8 @@ def info(as_json: bool) -> int:
     facts = hostinfo.summary_facts()
     cgroups = hostinfo.cgroup_facts()
     userns = hostinfo.user_namespaces()
-    support = hostinfo.argument_support(facts)
+    confined = hostinfo.confinement_facts()
+    support = hostinfo.argument_support(facts, confined)
     document: dict[str, Any] = {
         "version": __version__,
         "kernel": facts["kernel"],
@@ -24,6 +25,7 @@ def info(as_json: bool) -> int:
         "storage": {"driver": facts["storage_driver"], "backing_filesystem": facts["root_filesystem"]},
         "cgroup": cgroups,
         "user_namespaces": userns,
+        "confinement": confined,
         "arguments": {name: {"works": works, "why_not": why} for name, (works, why) in support.items()},
     }
     if as_json:
@@ -33,7 +35,7 @@ def info(as_json: bool) -> int:
     lines = [
         f"pytest-isolate {__version__}",
         f" Kernel Version: {facts['kernel']}",
-        f" Running As Root: {'yes' if facts['root'] else f'no (uid {os.geteuid()})'}",
+        f" Running As Root: {_root_line(facts['root'], confined)}",
         f" Storage Driver: {facts['storage_driver'] or 'none (no overlay filesystem)'}",
         f"  Backing Filesystem: {facts['root_filesystem']}",
         f" Cgroup Version: {cgroups['version'] or 'none found'}",
@@ -41,13 +43,56 @@ def info(as_json: bool) -> int:
         f"  Controllers: {' '.join(cgroups['controllers']) or '-'}",
         f"  Own Cgroup: {cgroups['cgroup'] or '-'}",
         f" User Namespaces: {'allowed' if userns['allowed'] else 'not allowed'} (max {userns['max']})",
+        *_confinement_lines(confined),
         " Marker Arguments:",
     ]
     for name, (works, why) in support.items():
         answer = ("yes" + (f", {why}" if why else "")) if works else f"no: {why}"
         lines.append(f"  {name:9} {answer}")
+    lines += _flag_lines(confined)
     print("\n".join(lines))
     return 0
+
+
+def _root_line(root: bool, confined: dict[str, Any]) -> str:
+    if not root:
+        return f"no (uid {os.geteuid()})"
+    missing = confined["missing_capabilities"]
+    return "yes" + (f", without {', '.join('CAP_' + name for name in missing)}" if missing else "")
+
+
+def _confinement_lines(confined: dict[str, Any]) -> list[str]:
+    engine = confined["engine"]
+    masked = confined["masked_proc"]
+    cgroups = "yes" if confined["cgroup_writable"] else ("no (mounted read-only)" if confined["cgroup_read_only"] else "no")
+    lines = [
+        f" Container Engine: {engine + ' (' + confined['engine_evidence'] + ')' if confined['engine_evidence'] else 'none detected'}",
+        f" Seccomp: {confined['seccomp']}",
+        f" Masked /proc: {f'{len(masked)} paths ({_some(masked)})' if masked else 'none'}",
+        f" AppArmor Profile: {confined['apparmor'] or 'none'}",
+        f" Cgroups Writable: {cgroups}",
+        " Container Routes:",
+    ]
+    for route, answer in confined["routes"].items():
+        chosen = " (used)" if route == confined["route"] else ""
+        lines.append(f"  {route + chosen:22} {answer}")
+    return lines
+
+
+def _some(paths: list[str]) -> str:
+    return ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
+
+
+def _flag_lines(confined: dict[str, Any]) -> list[str]:
+    """The one complete set of flags, what each grants, then --privileged."""
+    if not confined["flags"]:
+        return []
+    width = max(len(flag["flag"]) for flag in confined["flags"])
+    lines = [" To Make Every Argument Work, Start This Container With:", f"  {confined['command_line']}"]
+    for flag in confined["flags"]:
+        lines.append(f"   {flag['flag']:{width}}  {flag['grants']} (for {flag['needed_for']})")
+    lines.append(f"  or, granting far more: {confined['privileged']}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,6 +52,52 @@ def user_namespaces() -> dict[str, Any]:
     return {"max": int(limit) if limit and limit.isdigit() else None, "allowed": bool(limit and limit != "0")}
 
 
+def confinement_facts() -> dict[str, Any]:
+    """Inside a CI container: what the kernel allows, both routes tried, and the flags that fix the rest."""
+    from pytest_isolate import engines
+    from pytest_isolate.container.confinement import explain, probe
+
+    found = probe(try_both=True)
+    engine, evidence = engines.detect()
+    writable = cgroups_writable()
+    flags = engines.needed_flags(found, engine, writable)
+    return {
+        "engine": engine,
+        "engine_evidence": evidence or None,
+        "effective_capabilities": sorted(found.capabilities),
+        "missing_capabilities": [name for name in ("SYS_ADMIN", "NET_ADMIN") if not found.has(name)],
+        "seccomp": _seccomp_name(found.seccomp),
+        "masked_proc": list(found.masked_proc),
+        "apparmor": found.apparmor,
+        "cgroup_read_only": found.cgroup_read_only,
+        "proc_sys_read_only": found.proc_sys_read_only,
+        "cgroup_writable": writable,
+        "routes": {found.root_route.route: explain(found.root_route, found), found.userns_route.route: explain(found.userns_route, found)},
+        "route": found.route,
+        "flags": [{"flag": flag.spelled(engine), "grants": flag.grants, "needed_for": flag.needed_for} for flag in flags],
+        "command_line": engines.command_line(engine, flags) if flags else None,
+        "privileged": engines.command_line(engine, [engines.PRIVILEGED]),
+    }
+
+
+def _seccomp_name(mode: int | None) -> str:
+    from pytest_isolate.container.confinement import SECCOMP_MODES
+
+    return "unknown" if mode is None else SECCOMP_MODES.get(mode, str(mode))
+
+
+def cgroups_writable() -> bool:
+    """Whether test cgroups can be made here (root: a writable tree; a user: a delegated v2 subtree)."""
+    from pytest_isolate.container.cgroups import detect_backend
+
+    backend = detect_backend()
+    if backend is None:
+        return False
+    if os.geteuid() == 0:
+        return all(os.access(path, os.W_OK) for path in backend.directories())
+    return backend.version == 2 and all(os.access(path, os.W_OK) for path in backend.directories())
+
+
 def storage_driver(setting: str = "auto") -> str | None:
     from pytest_isolate.container import storage
     from pytest_isolate.errors import ContainerError
@@ -74,14 +120,22 @@ def summary_facts(storage_setting: str = "auto") -> dict[str, Any]:
     }
 
 
-def argument_support(facts: dict[str, Any]) -> dict[str, tuple[bool, str]]:
-    """Marker argument -> (works here, why not and the fix)."""
+def argument_support(facts: dict[str, Any], confined: dict[str, Any] | None = None) -> dict[str, tuple[bool, str]]:
+    """Marker argument -> (works here, why not and the fix).
+
+    ``confined`` (from :func:`confinement_facts`) makes the answers honest
+    inside a CI container, where root may lack what root usually has.
+    """
     root = facts["root"]
     storage = facts["storage_driver"] in ("overlay", "fuse")
     userns = root or user_namespaces()["allowed"]
     container = storage and userns
+    fix = " (see the flags below)" if confined and confined["command_line"] else ""
     if not storage:
         why_not = "needs the overlay filesystem (modprobe overlay) or fuse-overlayfs"
+    elif confined and root and confined["route"] is None:
+        container = False
+        why_not = "the kernel refuses both ways to build a container here (see Container Routes and the flags below)"
     elif not userns:
         why_not = "needs root, or user namespaces for rootless containers (sysctl user.max_user_namespaces=15000)"
     else:
@@ -93,6 +147,9 @@ def argument_support(facts: dict[str, Any]) -> dict[str, tuple[bool, str]]:
             return False, why_not
         if controller not in controllers:
             return False, f"needs the {controller} cgroup controller, which this host does not offer"
+        if confined and root and not confined["cgroup_writable"]:
+            state = "is mounted read-only" if confined["cgroup_read_only"] else "may not be written"
+            return False, f"the cgroup filesystem {state}{fix}"
         if not root and facts["cgroup_version"] == 1:
             return False, "cgroup v1 cannot be delegated to a user: run as root, or isolate_limits_fallback = rlimit"
         if not root:
@@ -101,6 +158,10 @@ def argument_support(facts: dict[str, Any]) -> dict[str, tuple[bool, str]]:
 
     names = ("net", "net_rate", "hostname", "rootfs", "disk", "timeout", "caps", "user")
     support = {name: (container, why_not) for name in names}
+    if container and confined and root and "NET_ADMIN" in confined["missing_capabilities"]:
+        support["net"] = (True, f'but net="private" needs CAP_NET_ADMIN{fix}')
+    elif container and confined and root and confined["proc_sys_read_only"]:
+        support["net"] = (True, f'but net="private" needs a writable /proc/sys{fix}')
     support["mem"] = limit("memory")
     support["cpu"] = limit("cpu")
     support["pids"] = limit("pids")

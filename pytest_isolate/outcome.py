@@ -41,6 +41,8 @@ class ContainerResult:
     reported_cpu_seconds: float | None = None  # the test process's own rusage, at "done"
     limits_by: str | None = None  # "cgroup", "rlimit" (rootless fallback) or None (no limits)
     kept: str | None = None  # --isolate-keep: where the writable layer was copied
+    usage_by: str = "cgroup"  # "rusage" where no cgroup measured the test (no limit asked, or none writable)
+    reported_peak_rss: int | None = None  # the test process's own rusage, at "done"
 
     def add(self, message: Message) -> None:
         if isinstance(message, Report):
@@ -126,6 +128,11 @@ NO_NETWORK_NOTE = (
 )
 
 
+RUSAGE_MEASURE = (
+    "rusage (no cgroup: peak RSS and CPU time of the test process and the children it waited for, "
+    "not of daemons it left running)"
+)
+
 RLIMIT_GUARANTEE = (
     "rlimit (weaker than cgroups: mem as RLIMIT_AS bounds address space, not memory; "
     "pids as RLIMIT_NPROC; cpu is not enforced)"
@@ -173,6 +180,7 @@ def usage_properties(spec: IsolationSpec, result: ContainerResult) -> list[tuple
         ("isolate_budget_mem_bytes", spec.budget_mem),
         ("isolate_budget_cpu_seconds", spec.budget_cpu),
         ("isolate_limits_enforced_by", RLIMIT_GUARANTEE if result.limits_by == "rlimit" else result.limits_by),
+        ("isolate_usage_measured_by", None if result.usage is None else RUSAGE_MEASURE if result.usage_by == "rusage" else result.usage_by),
     ]
     return [(name, value) for name, value in candidates if value is not None]
 

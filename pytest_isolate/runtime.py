@@ -20,9 +20,12 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
+from pytest_isolate import engines
 from pytest_isolate.channel import ChannelReader, ChannelWriter
 from pytest_isolate.container import credentials, fsdiff, libc, netsetup, rootfs, storage
 from pytest_isolate.container.cgroups import CgroupBackend, TestCgroup, Usage, detect_backend
+from pytest_isolate.container.confinement import USERNS_ROUTE, Confinement, explain
+from pytest_isolate.container.confinement import probe as probe_confinement
 from pytest_isolate.container.hardening import Hardening
 from pytest_isolate.container.launcher import ContainerJob, run_rootless_launcher, run_test_process, spawn_init
 from pytest_isolate.container.lifecycle import ContainerProcesses, Graveyard, kill
@@ -69,11 +72,16 @@ class Runtime:
             from pytest_isolate import keep
 
             self.keep_run_dir = keep.run_dir_for(config)
-        # Not root: rootless containers, in a user namespace of our own.
-        self.rootless = os.geteuid() != 0
-        self.userns_problem = None if not self.rootless else _userns_problem()
+        # What the kernel lets us do, probed once (see container.confinement).
+        # Not root, or root that may not build containers with its own
+        # CAP_SYS_ADMIN (a CI job's container): containers in a user
+        # namespace of our own, as rootless ones are.
+        self.confinement = probe_confinement()
+        self.rootless = os.geteuid() != 0 or self.confinement.route == USERNS_ROUTE
+        self.userns_problem = None if not self.rootless else _userns_problem(self.confinement)
         self.cgroups: CgroupBackend | None = detect_backend()
-        self._cgroups_writable: bool | None = None if self.rootless else True
+        self._cgroups_writable: bool | None = None
+        self._confined_advice_given = False
         self.limits_fallback = str(config.getini("isolate_limits_fallback")).strip()
         self.host_ops: list[MountOp] = (rootless_host_ops if self.rootless else host_mount_ops)(read_mounts())
         self.test_oom_score = _read_text("/proc/self/oom_score_adj", "0").strip()
@@ -95,7 +103,7 @@ class Runtime:
         # The PID namespace children go back to after each container.
         self.own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         self.stage = rootfs.ensure_stage_dir()
-        if self.cgroups is not None and not self.rootless:
+        if self.cgroups is not None and os.geteuid() == 0 and self.cgroups_writable():
             self.cleaned = self.cgroups.remove_stale_groups()
         # Descriptors the test process must not keep: a way back to pytest's
         # PID namespace, and (under xdist) the pipes to the controller, whose
@@ -198,15 +206,28 @@ class Runtime:
         Returns how the test's limits are enforced: "cgroup", "rlimit"
         (rootless, with isolate_limits_fallback = rlimit) or None (no limits).
         """
+        if os.geteuid() == 0 and self.confinement.route is None:
+            raise self._confined("create the container", self._no_route_reason())
         if self.userns_problem is not None:
             raise ContainerError(
                 "create the container",
-                f"pytest runs as uid {os.geteuid()}, and this host does not let it create a user "
-                f"namespace ({self.userns_problem})",
+                f"pytest runs as uid {os.geteuid()}, and this host does not let it build a container "
+                f"in a user namespace: {self.userns_problem}",
                 "run pytest as root, or allow user namespaces (sysctl user.max_user_namespaces=15000; "
                 "on Ubuntu also kernel.apparmor_restrict_unprivileged_userns=0)",
             )
-        if self.rootless and spec.net.mode == "private":
+        if os.geteuid() == 0 and spec.net.mode == "private" and not self.confinement.has("NET_ADMIN"):
+            raise self._confined(
+                "create the container's private network link",
+                f"pytest runs as root without CAP_NET_ADMIN{self._where()}, and a veth link to the host needs it",
+            )
+        if os.geteuid() == 0 and spec.net.mode == "private" and self.confinement.proc_sys_read_only and _forwarding_on():
+            raise self._confined(
+                "create the container's private network link",
+                f"/proc/sys is mounted read-only{self._where()}, and forwarding, which is on here, "
+                "must be switched off on the host's end of a veth link",
+            )
+        if os.geteuid() != 0 and spec.net.mode == "private":
             raise ContainerError(
                 "create the container's private network link",
                 f"pytest runs as uid {os.geteuid()}, and a veth link to the host needs root "
@@ -227,6 +248,14 @@ class Runtime:
             return "cgroup"
         if self.limits_fallback == "rlimit":
             return "rlimit"
+        if os.geteuid() == 0:
+            mount = "is mounted read-only" if self.confinement.cgroup_read_only else "may not be written"
+            raise self._confined(
+                "set the test's limits",
+                f"the cgroup filesystem {mount}{self._where()} (cgroup v{self.cgroups.version}), "
+                "and mem=, cpu= and pids= need a test cgroup",
+                also="; or set isolate_limits_fallback = rlimit for weaker limits (RLIMIT_AS, RLIMIT_NPROC)",
+            )
         advice = (
             "run pytest in a cgroup delegated to you: systemd-run --user --scope -p Delegate=yes pytest ..."
             if self.cgroups.version == 2
@@ -239,10 +268,13 @@ class Runtime:
         )
 
     def cgroups_writable(self) -> bool:
-        """Rootless: whether a delegated cgroup lets us make the session group (tried once)."""
+        """Whether we may make test cgroups: root where the tree is writable, a user in a delegated v2 cgroup."""
         if self._cgroups_writable is None:
             self._cgroups_writable = False
-            if self.cgroups is not None and self.cgroups.version == 2:
+            if self.cgroups is not None and os.geteuid() == 0:
+                # Root has CAP_DAC_OVERRIDE; a read-only mount (a default CI container) says EROFS.
+                self._cgroups_writable = all(os.access(path, os.W_OK) for path in self.cgroups.directories())
+            elif self.cgroups is not None and self.cgroups.version == 2:
                 try:
                     self.cgroups.create(IsolationSpec()).remove()
                     self._cgroups_writable = True
@@ -340,6 +372,10 @@ class Runtime:
                     result.usage = cgroup.usage()
                     cgroup.remove()
             result.usage = _with_cpu_time(result.usage, result.reported_cpu_seconds or processes.test_cpu_seconds)
+            if cgroup is None:
+                result.usage_by = "rusage"
+                if result.reported_peak_rss is not None and result.usage is not None and result.usage.peak_memory is None:
+                    result.usage = dataclasses.replace(result.usage, peak_memory=result.reported_peak_rss)
             if status_read >= 0:
                 # Rootless: the launcher (our test_pid) has exited, or was killed.
                 result.status = _read_status(status_read) if not finished_cleanly else None
@@ -349,9 +385,35 @@ class Runtime:
         return result
 
     def _cgroup_for(self, spec: IsolationSpec) -> TestCgroup | None:
-        if self.cgroups is None or (self.rootless and not (spec.has_limits and self.cgroups_writable())):
-            return None  # rootless without a delegated cgroup: rusage measures, rlimits limit
+        # No limit asked, or rootless without a delegated cgroup: no cgroup at
+        # all (so a read-only cgroup tree stops nothing); rusage measures.
+        if self.cgroups is None or not spec.has_limits or (self.rootless and not self.cgroups_writable()):
+            return None
         return self.cgroups.create(spec)
+
+    # ------------------------------------------------ inside a CI container
+
+    def _where(self) -> str:
+        engine = engines.detect()[0]
+        return f" in this {engine} container" if engine != engines.UNKNOWN else ""
+
+    def _no_route_reason(self) -> str:
+        found = self.confinement
+        missing = [name for name in ("SYS_ADMIN", "NET_ADMIN") if not found.has(name)]
+        who = "root" + (f" without {' and '.join('CAP_' + name for name in missing)}" if missing else "")
+        return (
+            f"pytest runs as {who}{self._where()}, and the kernel refused both ways to build one: "
+            f"as root, {explain(found.root_route, found)}; in a user namespace, {explain(found.userns_route, found)}"
+        )
+
+    def _confined(self, stage: str, reason: str, also: str = "") -> ContainerError:
+        """A refusal whose advice is the whole set of flags: given in full once, then pointed to."""
+        if self._confined_advice_given:
+            return ContainerError(stage, reason, "the flags that fix it: the first such error above, or `pytest-isolate info`")
+        self._confined_advice_given = True
+        writable = self.cgroups is not None and self.cgroups_writable()
+        advice = engines.advice(self.confinement, engines.detect()[0], writable)
+        return ContainerError(stage, reason, (advice or "see `pytest-isolate info`") + also)
 
     def _start_in_new_pid_namespace(self, job: ContainerJob, processes: ContainerProcesses) -> None:
         """As root: init and the test process, created straight into a new PID namespace."""
@@ -417,6 +479,7 @@ class Runtime:
                                 if result.timed_out:
                                     continue
                                 result.reported_cpu_seconds = message.cpu_seconds
+                                result.reported_peak_rss = message.peak_rss
                                 if result.ready is not None and result.ready.stage_fd is not None:
                                     _read_layers(result, processes.test_pid, result.ready, plan, deadline, keep_to)
                                 return True
@@ -514,11 +577,13 @@ def _netlink_fds() -> tuple[int, ...]:
     return () if fd is None else (fd,)
 
 
-def _userns_problem() -> str | None:
-    from pytest_isolate.container import userns
+def _forwarding_on() -> bool:
+    """New links copy conf/default/forwarding: on, and a test could route through this host."""
+    return _read_text("/proc/sys/net/ipv4/conf/default/forwarding", "1").strip() != "0"
 
-    works, why = userns.available()
-    return None if works else why
+
+def _userns_problem(found: Confinement) -> str | None:
+    return None if found.userns_route.works else explain(found.userns_route, found)
 
 
 def _fork(body: Callable[[ContainerJob], NoReturn], job: ContainerJob) -> int:

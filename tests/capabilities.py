@@ -12,7 +12,7 @@ import functools
 import os
 import shutil
 
-ALL = ("root", "overlay", "cgroup", "cgroup_v1", "cgroup_v2", "netns", "rootless", "fuse_overlayfs", "mmdebstrap")
+ALL = ("root", "overlay", "cgroup", "cgroup_v1", "cgroup_v2", "netns", "rootless", "fuse_overlayfs", "mmdebstrap", "podman", "docker")
 
 # Optional host tools: a test that needs one skips naming the package to
 # install, so the README's test command is green on a fresh machine; CI names
@@ -71,6 +71,11 @@ def has(capability: str) -> bool:
         from pytest_isolate.container.userns import available
 
         return available()[0]
+    if capability in ("podman", "docker"):
+        # The engine runs a container here (docker: its daemon answers) and a base image can be made.
+        from engine_helpers import usable
+
+        return usable(capability)
     raise ValueError(f"unknown capability {capability!r}; known: {', '.join(ALL)}")
 
 

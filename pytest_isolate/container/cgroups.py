@@ -68,6 +68,9 @@ class CgroupBackend(Protocol):
 
     def remove_stale_groups(self) -> list[str]: ...
 
+    def directories(self) -> list[str]:
+        """The cgroups session groups go into (root may make them where it may write these)."""
+
 
 def process_start_time(pid: int) -> int | None:
     """Field 22 of /proc/PID/stat (clock ticks since boot), None if gone."""
@@ -164,12 +167,67 @@ def _own_cgroup_paths() -> dict[str, str]:
     return paths
 
 
-def _join(mount_point: str, mount_root: str, path: str) -> str:
-    # /proc/self/cgroup paths are relative to the hierarchy's root; a mount may
-    # show only a subtree of it (mountinfo's root field).
-    if mount_root != "/" and path.startswith(mount_root):
+def _join(mount_point: str, mount_root: str, path: str) -> str | None:
+    """The directory of our cgroup ``path`` on a mount of its hierarchy, or None if the mount does not show it.
+
+    ``/proc/self/cgroup`` paths and mountinfo's root field are both relative
+    to our cgroup namespace's root.  A mount may show a subtree of the
+    hierarchy (root ``/libpod_parent/libpod-ID``), or - under a private
+    cgroup namespace with the host's tree bind-mounted (``podman run
+    --cgroupns=private -v /sys/fs/cgroup:/sys/fs/cgroup``) - a tree *above*
+    our namespace's root: then the root reads ``/../..`` and the names of
+    the levels in between are hidden from us (see :func:`_find_below`).
+    """
+    parts = [part for part in mount_root.split("/") if part]
+    ups = 0
+    while ups < len(parts) and parts[ups] == "..":
+        ups += 1
+    if ups:
+        if ups < len(parts):
+            return None  # a tree beside ours: our cgroup is not in it
+        return _find_below(mount_point, ups, path)
+    if mount_root != "/":
+        if path != mount_root and not path.startswith(mount_root.rstrip("/") + "/"):
+            return None
         path = path[len(mount_root) :]
     return os.path.join(mount_point, path.lstrip("/"))
+
+
+# How many cgroup directories a search for our own may read (a host with
+# thousands of containers stays bounded; we then refuse rather than guess).
+_SEARCH_LIMIT = 20_000
+
+
+def _find_below(mount_point: str, levels: int, path: str) -> str | None:
+    """The cgroup ``levels`` below ``mount_point`` plus ``path`` that lists our pid in cgroup.procs."""
+    pid = str(os.getpid())
+    level = [mount_point]
+    read = 0
+    for _ in range(levels):
+        below = []
+        for directory in level:
+            try:
+                names = os.listdir(directory)
+            except OSError:
+                continue
+            read += 1
+            below += [os.path.join(directory, name) for name in names if os.path.isfile(os.path.join(directory, name, "cgroup.procs"))]
+            if read > _SEARCH_LIMIT:
+                return None
+        level = below
+    for directory in level:
+        candidate = os.path.join(directory, path.lstrip("/"))
+        if pid in (sysfiles.read(os.path.join(candidate, "cgroup.procs")) or "").split():
+            return candidate.rstrip("/")
+    return None
+
+
+def _namespace_root(own_dir: str, path: str) -> str:
+    """Our cgroup namespace's root on the mount: ``own_dir`` less the components of ``path``."""
+    depth = len([part for part in path.split("/") if part])
+    for _ in range(depth):
+        own_dir = os.path.dirname(own_dir.rstrip("/"))
+    return own_dir
 
 
 # ---------------------------------------------------------------- cgroup v1
@@ -233,8 +291,14 @@ class CgroupV1:
                 continue
             for controller in ("memory", "cpu", "cpuacct", "pids"):
                 if controller in entry.super_options and controller in own:
-                    parents[controller] = _join(entry.mount_point, entry.root, own[controller])
+                    # The last mount wins: a later one (a bind of the host's tree) hides earlier ones.
+                    directory = _join(entry.mount_point, entry.root, own[controller])
+                    if directory is not None:
+                        parents[controller] = directory
         return cls(parents) if "memory" in parents else None
+
+    def directories(self) -> list[str]:
+        return list(dict.fromkeys(self.parents.values()))
 
     def _needed_controllers(self, spec: IsolationSpec) -> list[str]:
         # memory measures every test; cpu, cpuacct and pids come with a limit.
@@ -370,9 +434,12 @@ class CgroupV2:
     version = 2
     CONTROLLERS = ("memory", "cpu", "pids")
 
-    def __init__(self, mount_point: str, own_dir: str) -> None:
+    def __init__(self, mount_point: str, own_dir: str, top: str | None = None) -> None:
         self.mount_point = mount_point
         self.own_dir = own_dir
+        # The highest cgroup a session group may go under: our cgroup
+        # namespace's root (a CI container's own cgroup), never above it.
+        self.top = os.path.normpath(top or mount_point)
         self.group = session_group_name()
         self._group_dir: str | None = None
         self._counter = 0
@@ -386,24 +453,35 @@ class CgroupV2:
             if entry.fstype == "cgroup2":
                 own_dir = _join(entry.mount_point, entry.root, own[""])
                 controllers = (sysfiles.read(os.path.join(entry.mount_point, "cgroup.controllers")) or "").split()
-                if "memory" in controllers:
-                    return cls(entry.mount_point, own_dir)
+                if own_dir is not None and "memory" in controllers:
+                    return cls(entry.mount_point, own_dir, _namespace_root(own_dir, own[""]))
         return None
 
-    def _parent_with_controllers(self) -> str:
-        candidate = os.path.dirname(self.own_dir.rstrip("/"))
+    def directories(self) -> list[str]:
+        return list(self._candidates())[:1]
+
+    def _candidates(self) -> Iterator[str]:
+        """Where a session group may go: from our cgroup's parent up to ``top``, or ``top`` itself."""
+        candidate = os.path.normpath(self.own_dir)
+        if candidate != self.top:
+            candidate = os.path.dirname(candidate)
         while True:
+            yield candidate
+            if candidate == self.top or candidate == os.path.dirname(candidate):
+                return
+            candidate = os.path.dirname(candidate)
+
+    def _parent_with_controllers(self) -> str:
+        for candidate in self._candidates():
             if self._enable_controllers(candidate):
                 return candidate
-            if os.path.normpath(candidate) == os.path.normpath(self.mount_point):
-                raise ContainerError(
-                    "set up cgroup v2 limits",
-                    f"no cgroup from {self.own_dir} up to {self.mount_point} lets the controllers "
-                    f"{', '.join(self.CONTROLLERS)} be enabled",
-                    "run pytest in a delegated cgroup, e.g. "
-                    "systemd-run --scope -p Delegate=yes pytest ...",
-                )
-            candidate = os.path.dirname(candidate)
+        raise ContainerError(
+            "set up cgroup v2 limits",
+            f"no cgroup from {self.own_dir} up to {self.top} lets the controllers "
+            f"{', '.join(self.CONTROLLERS)} be enabled",
+            "run pytest in a delegated cgroup, e.g. "
+            "systemd-run --scope -p Delegate=yes pytest ...",
+        )
 
     def _enable_controllers(self, directory: str) -> bool:
         available = (sysfiles.read(os.path.join(directory, "cgroup.controllers")) or "").split()
@@ -453,15 +531,12 @@ class CgroupV2:
 
     def remove_stale_groups(self) -> list[str]:
         removed = []
-        candidate = os.path.dirname(self.own_dir.rstrip("/"))
         # Look where _parent_with_controllers could have put a group.
-        while True:
+        for candidate in self._candidates():
             for name in _stale_groups(candidate):
                 remove_tree(os.path.join(candidate, name))
                 removed.append(os.path.join(candidate, name))
-            if os.path.normpath(candidate) == os.path.normpath(self.mount_point):
-                return removed
-            candidate = os.path.dirname(candidate)
+        return removed
 
 
 def cgroup_error(error: OSError) -> ContainerError:

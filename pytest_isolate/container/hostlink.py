@@ -53,7 +53,11 @@ class HostLink:
                 (self.host_index,) = ipr.link_lookup(ifname=self.host_name)
                 ipr.addr("add", index=self.host_index, address=self.host_address, prefixlen=30)
                 ipr.link("set", index=self.host_index, state="up")
-            sysfiles.write(f"/proc/sys/net/ipv4/conf/{self.host_name}/forwarding", "0")
+            forwarding = f"/proc/sys/net/ipv4/conf/{self.host_name}/forwarding"
+            # Already off where the namespace does not forward (a CI container's,
+            # whose /proc/sys the engine mounts read-only): nothing to write.
+            if (sysfiles.read(forwarding) or "").strip() != "0":
+                sysfiles.write(forwarding, "0")
         except Exception as error:  # pyroute2 raises NetlinkError and OSError
             raise ContainerError(
                 "create the container's private network link",

@@ -38,7 +38,6 @@ import dataclasses
 import os
 import resource
 import signal
-import socket
 import sys
 import traceback
 from typing import TYPE_CHECKING, NoReturn
@@ -232,7 +231,7 @@ def _build_container(job: ContainerJob, step) -> int | None:  # type: ignore[no-
             "run pytest from a directory every user may enter, or drop user=True",
         ) from None
     step("set up the container's hostname and network")
-    socket.sethostname(spec.hostname)
+    sysfiles.set_hostname(spec.hostname)
     if spec.net.own_namespace:
         job.net.configure_inside()
     _raise_oom_score(job.test_oom_score)
@@ -281,7 +280,9 @@ def _raise_oom_score(inherited: str) -> None:
 
 def _advice(error: OSError) -> str:
     if error.errno in (1, 13):  # EPERM, EACCES
-        return "creating namespaces, mounts and cgroups needs root (or user namespaces): see `pytest-isolate info`"
+        # Root may be refused too (a CI container's seccomp profile or missing
+        # capabilities): info names what is missing and the flags.
+        return "the kernel refused it: `pytest-isolate info` shows what this host or container refuses, and the fix"
     return ""
 
 

@@ -279,7 +279,9 @@ def build_root(
         libc.umount2(".", libc.MNT_DETACH)
         os.chdir("/")
     except OSError as error:
-        raise ContainerError("switch to the container's root", f"pivot_root: {error.strerror}") from None
+        # strerror already reads "pivot_root: Operation not permitted".
+        advice = _CONFINED if error.errno == errno.EPERM else ""
+        raise ContainerError("switch to the container's root", f"{error.strerror}", advice) from None
     return stage_fd
 
 
@@ -290,12 +292,25 @@ def mount_proc(target: str) -> None:
         os.makedirs(target, exist_ok=True)
         libc.mount("proc", target, "proc", flags)
     except OSError as error:
-        raise mount_error(MountOp("proc", "/proc"), error) from None
+        failure = mount_error(MountOp("proc", "/proc"), error)
+        if error.errno == errno.EPERM:
+            # Not "needs root": in a user namespace the kernel mounts a new
+            # proc only where one is fully visible (mount_too_revealing).
+            failure = ContainerError(
+                failure.stage,
+                failure.reason,
+                "the kernel mounts a fresh /proc in a user namespace only where /proc is fully visible, "
+                f"and a container engine's masks hide parts of it; {_CONFINED}",
+            )
+        raise failure from None
 
+
+# Inside a CI container the refusal is the engine's, not a missing root.
+_CONFINED = "`pytest-isolate info` shows what this host or container refuses, and the flags that fix it"
 
 _ADVICE = {
-    errno.EPERM: "mounting needs root (CAP_SYS_ADMIN): run pytest as root",
-    errno.EACCES: "mounting needs root (CAP_SYS_ADMIN): run pytest as root",
+    errno.EPERM: f"the kernel refused the mount (it needs CAP_SYS_ADMIN, as root or in a user namespace); {_CONFINED}",
+    errno.EACCES: f"the kernel refused the mount (it needs CAP_SYS_ADMIN, as root or in a user namespace); {_CONFINED}",
     errno.ENODEV: "the kernel lacks this filesystem: for overlay run 'modprobe overlay'",
     errno.ENOSPC: "the container's writable layer is full: raise disk=",
     errno.ELOOP: "overlay directories may not overlap",

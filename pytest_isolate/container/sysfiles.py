@@ -30,3 +30,21 @@ def read(path: str) -> str | None:
         return None
     finally:
         os.close(fd)
+
+
+def set_hostname(name: str) -> None:
+    """sethostname(2), or the same through /proc/sys/kernel/hostname.
+
+    Podman's default seccomp profile refuses sethostname without
+    CAP_SYS_ADMIN, even in a UTS namespace of our own user namespace.  The
+    sysctl file sets the calling process's UTS namespace as well, by a
+    write(2) no filter looks at; the kernel lets the host's root (uid 0,
+    which root in a CI container is) write it.  Call it with our own /proc
+    mounted, before it is made read-only.
+    """
+    import socket
+
+    try:
+        socket.sethostname(name)
+    except PermissionError:
+        write("/proc/sys/kernel/hostname", name)
