@@ -1,19 +1,37 @@
 """How much does pytest-isolate cost per test?
 
-Runs one generated suite of trivial tests under several configurations and
-prints the median wall time of each, per test, and over plain pytest:
+Runs one generated suite under several configurations and prints the median
+wall time of each, per test, and over plain pytest:
 
   plain      pytest with the plugin switched off: the floor
   bare-fork  a fork per test and nothing else (bare_fork_plugin.py): the
              least any process-per-test design pays
+  forked     pytest-forked's --forked, when it is installed: the peer
+             (process isolation only, no container)
   isolate    --isolate: every test in its own container
+
+Two suites:
+
+  trivial    N trivial tests in a tiny pytest process (--tests, 200)
+  big        a big pytest process: thousands of collected tests (--collected)
+             of which a part is selected (--selected, by -k), and a conftest
+             that holds a heap of Python objects (--heap-mb) the way a heavy
+             import or a session fixture would
 
 The tests do nothing, so the numbers are the framework's overhead, not the
 tests'.  ``isolate overhead / bare-fork overhead`` says how much the
 container costs on top of the process.
 
+``--mounts M`` runs everything in a private mount namespace of its own (the
+script re-executes itself under ``unshare -m``) with M extra small tmpfs
+mounts, the way a laptop with snaps has dozens: nothing reaches the host's
+mount table, and the mounts vanish with the namespace.  ``--xdist`` adds
+each configuration again with ``-n 2``.
+
     python benchmarks/bench.py
-    python benchmarks/bench.py --tests 50 --repeat 1
+    python benchmarks/bench.py --suite big --repeat 3
+    python benchmarks/bench.py --mounts 60 --tests 100
+    python benchmarks/bench.py --xdist
     python benchmarks/bench.py --extra "isolate-mem=--isolate --isolate-mem=256M" --json out.json
 
 Every run is a fresh ``python -m pytest`` subprocess, so interpreter start-up
@@ -25,11 +43,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import platform
 import re
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -46,24 +66,46 @@ COMMON_ARGS = ["-q", "-p", "no:cacheprovider"]
 # Environment variables that would change what pytest loads or runs.
 SCRUBBED_ENV = ("PYTEST_ADDOPTS", "PYTEST_PLUGINS", "PYTEST_DISABLE_PLUGIN_AUTOLOAD")
 
+# Set in the re-executed benchmark: the private mount namespace is ready.
+MOUNTS_READY_ENV = "PYTEST_ISOLATE_BENCH_MOUNTS_READY"
+
+# The big suite's test names: selected ones match -k SELECTED_WORD.
+SELECTED_WORD = "chosen"
+
 
 @dataclasses.dataclass
 class Configuration:
     name: str
     args: List[str]
     times: List[float] = dataclasses.field(default_factory=list)
+    python: str = sys.executable  # another environment's interpreter: another version of the plugin
 
     @property
     def median(self) -> float:
         return statistics.median(self.times)
 
 
-def builtin_configurations() -> List[Configuration]:
-    """The three every run measures; the first is the reference for overheads."""
-    return [
+def forked_available() -> bool:
+    return importlib.util.find_spec("pytest_forked") is not None
+
+
+def builtin_configurations(*, forked: bool) -> List[Configuration]:
+    """The ones every run measures; the first is the reference for overheads."""
+    configs = [
         Configuration("plain", ["-p", "no:isolate"]),
         Configuration("bare-fork", ["-p", "no:isolate", "-p", "bare_fork_plugin"]),
-        Configuration("isolate", ["--isolate"]),
+    ]
+    if forked:
+        configs.append(Configuration("forked", ["-p", "no:isolate", "--forked"]))
+    configs.append(Configuration("isolate", ["--isolate"]))
+    return configs
+
+
+def xdist_configurations(serial: List[Configuration], workers: int) -> List[Configuration]:
+    """The same configurations with ``-n workers``, named ``NAME -nW``."""
+    return [
+        Configuration(f"{config.name} -n{workers}", [*config.args, "-n", str(workers)], python=config.python)
+        for config in serial
     ]
 
 
@@ -89,7 +131,21 @@ def parse_extra(spec: str) -> Configuration:
     return Configuration(name.strip(), shlex.split(args))
 
 
-def write_suite(directory: Path, count: int) -> None:
+# ------------------------------------------------------------------ suites
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    """A generated suite: where it is, how many tests run, what selects them."""
+
+    directory: Path
+    selected: int  # tests that run (and must pass)
+    collected: int
+    select_args: List[str]
+    description: str
+
+
+def write_trivial_suite(directory: Path, count: int) -> Suite:
     """``count`` separate test functions in one module.
 
     Separate functions rather than one parametrized test, so nothing in the
@@ -100,6 +156,66 @@ def write_suite(directory: Path, count: int) -> None:
     (directory / "pytest.ini").write_text("[pytest]\n")
     body = "".join(f"def test_{i}():\n    assert {i} == {i}\n\n\n" for i in range(count))
     (directory / "test_trivial.py").write_text(body)
+    return Suite(directory, count, count, [], f"{count} trivial tests")
+
+
+# A heap the way a heavy import or a session fixture leaves one: many small
+# containers (dicts, lists, tuples) and strings, all tracked by the garbage
+# collector, built once when pytest imports the conftest.
+BIG_CONFTEST = '''\
+import pytest
+
+HEAP_MB = {heap_mb}
+
+
+def _build_heap(megabytes):
+    # About 1 KB per record: a dict, a list, a tuple and a few strings.
+    heap = []
+    for i in range(megabytes * 1024):
+        heap.append({{
+            "id": i,
+            "name": "record-%d" % i,
+            "tags": ["t%d" % (i % 97), "u%d" % (i % 89), "v%d" % (i % 83)],
+            "point": (i * 0.5, i * 0.25),
+            "payload": "x" * 700,
+        }})
+    return heap
+
+
+HEAP = _build_heap(HEAP_MB)
+
+
+@pytest.fixture(scope="session")
+def heap():
+    return HEAP
+'''
+
+
+def write_big_suite(directory: Path, collected: int, selected: int, heap_mb: int) -> Suite:
+    """``collected`` tests in modules of 100, one in every ``collected/selected`` selected.
+
+    The selected tests are spread over all modules (as ``-k`` picks tests
+    of a real suite), and each takes the session fixture holding the heap.
+    """
+    (directory / "pytest.ini").write_text("[pytest]\n")
+    (directory / "conftest.py").write_text(BIG_CONFTEST.format(heap_mb=heap_mb))
+    every = max(1, collected // selected)
+    chosen = 0
+    per_module = 100
+    for module in range((collected + per_module - 1) // per_module):
+        lines = []
+        for index in range(module * per_module, min(collected, (module + 1) * per_module)):
+            if index % every == 0 and chosen < selected:
+                chosen += 1
+                lines.append(f"def test_{SELECTED_WORD}_{index}(heap):\n    assert heap[{index % 1000}]['id'] == {index % 1000}\n\n\n")
+            else:
+                lines.append(f"def test_other_{index}():\n    assert {index} == {index}\n\n\n")
+        (directory / f"test_big_{module:04d}.py").write_text("".join(lines))
+    description = f"big process: {collected} tests collected, {chosen} selected, a {heap_mb} MB heap in conftest"
+    return Suite(directory, chosen, collected, ["-k", SELECTED_WORD], description)
+
+
+# ------------------------------------------------------------------ running
 
 
 def child_env() -> Dict[str, str]:
@@ -108,18 +224,18 @@ def child_env() -> Dict[str, str]:
     Every configuration gets the same PYTHONPATH, not only bare-fork, so
     they differ in nothing but their arguments.
     """
-    env = {key: value for key, value in os.environ.items() if key not in SCRUBBED_ENV}
+    env = {key: value for key, value in os.environ.items() if key not in SCRUBBED_ENV and key != MOUNTS_READY_ENV}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH_DIR), env.get("PYTHONPATH")]))
     return env
 
 
-def run_once(config: Configuration, suite: Path, count: int, timeout: float) -> float:
+def run_once(config: Configuration, suite: Suite, timeout: float) -> float:
     """Wall seconds of one pytest run; exits with its output if it did not pass."""
-    command = [sys.executable, "-m", "pytest", *COMMON_ARGS, *config.args, str(suite)]
+    command = [config.python, "-m", "pytest", *COMMON_ARGS, *suite.select_args, *config.args, str(suite.directory)]
     start = time.perf_counter()
     try:
         result = subprocess.run(
-            command, cwd=suite, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            command, cwd=suite.directory, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, timeout=timeout,
         )
     except subprocess.TimeoutExpired as error:
@@ -127,8 +243,8 @@ def run_once(config: Configuration, suite: Path, count: int, timeout: float) -> 
     elapsed = time.perf_counter() - start
     if result.returncode != 0:
         fail(config, command, f"exit code {result.returncode}", result.stdout)
-    if not re.search(rf"^\s*{count} passed\b", result.stdout, re.MULTILINE):
-        fail(config, command, f'no "{count} passed" line in the output', result.stdout)
+    if not re.search(rf"^\s*{suite.selected} passed\b", result.stdout, re.MULTILINE):
+        fail(config, command, f'no "{suite.selected} passed" line in the output', result.stdout)
     return elapsed
 
 
@@ -143,7 +259,7 @@ def fail(config: Configuration, command: List[str], why: str, output: object) ->
     )
 
 
-def measure(configs: List[Configuration], suite: Path, count: int, repeat: int, timeout: float) -> None:
+def measure(configs: List[Configuration], suite: Suite, repeat: int, timeout: float) -> None:
     """Round-robin over the configurations, ``repeat`` rounds.
 
     Interleaving spreads slow drifts (a busy neighbour, a warming cache)
@@ -151,54 +267,155 @@ def measure(configs: List[Configuration], suite: Path, count: int, repeat: int, 
     """
     for round_number in range(1, repeat + 1):
         for config in configs:
-            elapsed = run_once(config, suite, count, timeout)
+            elapsed = run_once(config, suite, timeout)
             config.times.append(elapsed)
-            print(f"  round {round_number}/{repeat}  {config.name:<14} {elapsed:7.2f}s", file=sys.stderr)
+            print(f"  round {round_number}/{repeat}  {config.name:<16} {elapsed:7.2f}s", file=sys.stderr)
 
 
-def summarize(configs: List[Configuration], count: int) -> dict:
-    """The numbers the table and --json show, computed once."""
-    plain = configs[0].median
+def summarize(configs: List[Configuration], suite: Suite, extra_mounts: int, mount_table: int) -> dict:
+    """The numbers the table and --json show, computed once.
+
+    Overheads are against the plain run with the same number of workers:
+    ``isolate -n2`` against ``plain -n2``.
+    """
+    count = suite.selected
+    by_name_median = {config.name: config.median for config in configs}
+
+    def reference(name: str) -> float:
+        _, _, workers = name.partition(" ")
+        return by_name_median.get(f"plain {workers}".strip(), by_name_median["plain"])
+
     rows = [
         {
             "name": config.name,
             "args": config.args,
             "times_s": config.times,
             "median_s": config.median,
+            "spread_s": max(config.times) - min(config.times),
             "per_test_ms": config.median / count * 1000,
-            "overhead_ms_per_test": (config.median - plain) / count * 1000,
+            "overhead_ms_per_test": (config.median - reference(config.name)) / count * 1000,
         }
         for config in configs
     ]
     by_name = {row["name"]: row for row in rows}
-    bare = by_name["bare-fork"]["overhead_ms_per_test"]
-    isolate = by_name["isolate"]["overhead_ms_per_test"]
+
+    def ratio(over: str, under: str) -> Optional[float]:
+        if over not in by_name or under not in by_name:
+            return None
+        low = by_name[under]["overhead_ms_per_test"]
+        # An overhead at or under zero is noise; a ratio over it is meaningless.
+        return by_name[over]["overhead_ms_per_test"] / low if low > 0 else None
+
+    ratios = {
+        "isolate / bare-fork": ratio("isolate", "bare-fork"),
+        "isolate / forked": ratio("isolate", "forked"),
+        "forked / bare-fork": ratio("forked", "bare-fork"),
+    }
+    for name in by_name:
+        if name.startswith("isolate@"):  # --compare-with
+            ratios[f"{name} / bare-fork"] = ratio(name, "bare-fork")
+    scaling = {
+        name: by_name[f"{name} -n2"]["median_s"] / by_name[name]["median_s"]
+        for name in by_name
+        if f"{name} -n2" in by_name
+    }
     return {
+        "suite": suite.description,
         "tests": count,
+        "collected": suite.collected,
+        "extra_mounts": extra_mounts,
+        "mount_table_lines": mount_table,
         "repeat": len(configs[0].times),
         "python": sys.version.split()[0],
         "machine": f"{platform.system()} {platform.release()} {platform.machine()}, {os.cpu_count()} CPUs",
         "configurations": rows,
-        # A bare-fork overhead at or under zero is noise; a ratio over it is meaningless.
-        "isolate_to_bare_fork_overhead_ratio": isolate / bare if bare > 0 else None,
+        "overhead_ratios": {name: value for name, value in ratios.items() if value is not None},
+        # The old key, kept for scripts that read it.
+        "isolate_to_bare_fork_overhead_ratio": ratios["isolate / bare-fork"],
+        "n2_over_serial": scaling,
     }
 
 
+def _mount_count() -> int:
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as handle:
+        return sum(1 for _ in handle)
+
+
 def print_table(summary: dict) -> None:
-    print(f"\n{summary['tests']} trivial tests, median of {summary['repeat']} run(s); "
-          f"Python {summary['python']}, {summary['machine']}\n")
-    print(f"{'configuration':<16} {'median s':>9} {'ms/test':>9} {'overhead ms/test':>17}")
+    mounts = f", {summary['extra_mounts']} extra mounts" if summary["extra_mounts"] else ""
+    print(f"\n{summary['suite']}{mounts} ({summary['mount_table_lines']} in the mount table); "
+          f"median of {summary['repeat']} run(s); Python {summary['python']}, {summary['machine']}\n")
+    print(f"{'configuration':<18} {'median s':>9} {'spread s':>9} {'ms/test':>9} {'overhead ms/test':>17}")
     for row in summary["configurations"]:
-        print(f"{row['name']:<16} {row['median_s']:>9.2f} {row['per_test_ms']:>9.2f} "
+        print(f"{row['name']:<18} {row['median_s']:>9.2f} {row['spread_s']:>9.2f} {row['per_test_ms']:>9.2f} "
               f"{row['overhead_ms_per_test']:>17.2f}")
-    ratio = summary["isolate_to_bare_fork_overhead_ratio"]
-    shown = f"{ratio:.1f}x" if ratio is not None else "n/a (bare-fork overhead not above zero)"
-    print(f"\nisolate overhead / bare-fork overhead: {shown}")
+    print()
+    names = {row["name"] for row in summary["configurations"]}
+    if summary["isolate_to_bare_fork_overhead_ratio"] is None and {"isolate", "bare-fork"} <= names:
+        print("isolate overhead / bare-fork overhead: n/a (bare-fork overhead not above zero)")
+    for name, value in summary["overhead_ratios"].items():
+        over, under = name.split(" / ")
+        print(f"{over} overhead / {under} overhead: {value:.2f}x")
+    for name, value in summary["n2_over_serial"].items():
+        print(f"{name}: -n 2 wall time / serial wall time: {value:.2f}")
+
+
+# ------------------------------------------------------------------ mounts
+
+
+def reexec_with_mounts(argv: List[str]) -> None:
+    """Run this script again in a private mount namespace (``unshare -m``).
+
+    util-linux's unshare makes the new namespace's mounts private, so the
+    tmpfs mounts made there never propagate to the host, and they vanish
+    when the namespace's last process exits.
+    """
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        sys.exit("bench.py: --mounts needs unshare(1) (util-linux)")
+    env = dict(os.environ, **{MOUNTS_READY_ENV: "1"})
+    command = [unshare, "--mount", "--propagation", "private", "--", sys.executable, str(Path(__file__).resolve()), *argv]
+    sys.exit(subprocess.run(command, env=env).returncode)
+
+
+def make_mounts(directory: Path, count: int, read_only: bool) -> List[Path]:
+    """``count`` small tmpfs mounts under ``directory`` (call in the private namespace only)."""
+    points = []
+    for index in range(count):
+        point = directory / f"m{index:03d}"
+        point.mkdir()
+        options = "size=1m,ro" if read_only else "size=1m"
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, f"bench-mount-{index}", str(point)], check=True)
+        points.append(point)
+    return points
+
+
+def remove_mounts(points: List[Path]) -> None:
+    for point in reversed(points):
+        subprocess.run(["umount", str(point)], check=False)
+
+
+# ------------------------------------------------------------------ main
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tests", type=int, default=200, metavar="N", help="trivial tests in the suite (200)")
+    parser.add_argument("--suite", choices=("trivial", "big"), default="trivial", help="which suite (trivial)")
+    parser.add_argument("--tests", type=int, default=200, metavar="N", help="trivial suite: tests (200)")
+    parser.add_argument("--collected", type=int, default=5000, metavar="N", help="big suite: tests collected (5000)")
+    parser.add_argument("--selected", type=int, default=500, metavar="N", help="big suite: tests selected and run (500)")
+    parser.add_argument("--heap-mb", type=int, default=300, metavar="MB", help="big suite: heap the conftest holds (300)")
+    parser.add_argument("--mounts", type=int, default=0, metavar="M",
+                        help="run in a private mount namespace with M extra small tmpfs mounts (0)")
+    parser.add_argument("--read-only-mounts", action="store_true",
+                        help="with --mounts: mount them read-only, as snaps' squashfs images are")
+    parser.add_argument("--xdist", action="store_true", help="also run every built-in configuration with -n 2")
+    parser.add_argument("--no-forked", action="store_true", help="leave pytest-forked out even where it is installed")
+    parser.add_argument("--compare-with", action="append", default=[], metavar="LABEL=PYTHON",
+                        help="also run --isolate with another environment's interpreter (another version of the "
+                        "plugin), in the same rounds, as isolate@LABEL; repeatable")
+    parser.add_argument("--only", action="append", default=[], metavar="NAME",
+                        help="run only these configurations (plain always runs); repeatable")
     parser.add_argument("--repeat", type=int, default=3, metavar="R", help="runs per configuration; the median counts (3)")
     parser.add_argument("--extra", type=parse_extra, action="append", default=[], metavar="NAME=ARGS",
                         help='another configuration, e.g. "isolate-mem=--isolate --isolate-mem=256M"; repeatable')
@@ -207,24 +424,59 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the numbers here as JSON")
     parser.add_argument("--timeout", type=float, default=600, metavar="S", help="give up on one run after S seconds (600)")
     args = parser.parse_args(argv)
-    if args.tests < 1 or args.repeat < 1:
-        parser.error("--tests and --repeat must be at least 1")
+    if min(args.tests, args.repeat, args.collected, args.selected) < 1 or args.mounts < 0 or args.heap_mb < 0:
+        parser.error("--tests, --repeat, --collected and --selected must be at least 1; --mounts, --heap-mb at least 0")
+    if args.selected > args.collected:
+        parser.error("--selected cannot be more than --collected")
     if args.network_modes:
         args.extra = network_configurations() + args.extra
-    names = [config.name for config in builtin_configurations() + args.extra]
-    if len(set(names)) != len(names):
-        parser.error(f"configuration names must be unique, got {names}")
     return args
 
 
+def configurations(args: argparse.Namespace) -> List[Configuration]:
+    serial = builtin_configurations(forked=forked_available() and not args.no_forked)
+    if args.only:
+        serial = [config for config in serial if config.name == "plain" or config.name in args.only]
+    for spec in args.compare_with:
+        label, sep, python = spec.partition("=")
+        if not sep or not label or not python:
+            sys.exit(f"bench.py: --compare-with expects LABEL=PYTHON, got {spec!r}")
+        serial.append(Configuration(f"isolate@{label}", ["--isolate"], python=python))
+    configs = serial + (xdist_configurations(serial, 2) if args.xdist else []) + args.extra
+    names = [config.name for config in configs]
+    if len(set(names)) != len(names):
+        sys.exit(f"bench.py: configuration names must be unique, got {names}")
+    return configs
+
+
 def main(argv: Optional[List[str]] = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    configs = builtin_configurations() + args.extra
+    if args.mounts and os.environ.get(MOUNTS_READY_ENV) != "1":
+        reexec_with_mounts(argv)  # never returns
+    configs = configurations(args)
     with tempfile.TemporaryDirectory(prefix="pytest-isolate-bench-") as tmp:
-        suite = Path(tmp)
-        write_suite(suite, args.tests)
-        measure(configs, suite, args.tests, args.repeat, args.timeout)
-    summary = summarize(configs, args.tests)
+        root = Path(tmp)
+        suite_dir = root / "suite"
+        suite_dir.mkdir()
+        if args.suite == "big":
+            suite = write_big_suite(suite_dir, args.collected, args.selected, args.heap_mb)
+        else:
+            suite = write_trivial_suite(suite_dir, args.tests)
+        points: List[Path] = []
+        if args.mounts:
+            mounts_dir = root / "mounts"
+            mounts_dir.mkdir()
+            try:
+                points = make_mounts(mounts_dir, args.mounts, args.read_only_mounts)
+                mount_table = _mount_count()
+                measure(configs, suite, args.repeat, args.timeout)
+            finally:
+                remove_mounts(points)
+        else:
+            mount_table = _mount_count()
+            measure(configs, suite, args.repeat, args.timeout)
+    summary = summarize(configs, suite, args.mounts, mount_table)
     print_table(summary)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")

@@ -37,6 +37,7 @@ from pytest_isolate.container.mountplan import (
     host_mount_ops,
     image_ops,
     rootless_host_ops,
+    with_overlays_only,
 )
 from pytest_isolate.container.netsetup import ContainerNetwork
 from pytest_isolate.container.network import hosts_file
@@ -141,6 +142,8 @@ class Runtime:
             root = self._userns_host_ops
         else:
             root = self.host_ops
+        if "SYS_ADMIN" in spec.caps:
+            root = with_overlays_only(root)
         devices = device_ops(shm_size=spec.disk, nodes_by_mknod=not userns)
         plan = MountPlan(root + devices + [MountOp("sysfs", "/sys", readonly=True)])
         if spec.net.own_namespace:

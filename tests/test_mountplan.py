@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pytest_isolate.container.mountinfo import MountEntry
-from pytest_isolate.container.mountplan import MountOp, build_base_plan, host_mount_ops
+from pytest_isolate.container.mountplan import MountOp, build_base_plan, host_mount_ops, with_overlays_only
 
 
-def entry(mount_point: str, fstype: str) -> MountEntry:
-    return MountEntry(mount_point, "/", fstype, "src", frozenset({"rw"}), frozenset())
+def entry(mount_point: str, fstype: str, options: str = "rw") -> MountEntry:
+    return MountEntry(mount_point, "/", fstype, "src", frozenset(options.split(",")), frozenset())
 
 
 def test_host_mounts_get_overlays_kernel_filesystems_do_not(tmp_path) -> None:
@@ -30,6 +30,24 @@ def test_host_mounts_get_overlays_kernel_filesystems_do_not(tmp_path) -> None:
         MountOp("copy_file", str(resolv), source=str(resolv)),
         MountOp("overlay", str(venv), source=str(venv)),
     ]
+
+
+def test_read_only_host_mounts_are_bound_as_they_are(tmp_path) -> None:
+    snaps = [tmp_path / f"snap{i}" for i in range(3)]
+    for snap in snaps:
+        snap.mkdir()
+    entries = [entry("/", "ext4"), *(entry(str(snap), "squashfs", "ro,nodev,relatime") for snap in snaps[:2])]
+    entries.append(entry(str(snaps[2]), "tmpfs"))
+    ops = host_mount_ops(entries)
+    assert ops == [
+        MountOp("overlay", "/", source="/"),
+        MountOp("readonly_mount", str(snaps[0]), source=str(snaps[0])),
+        MountOp("readonly_mount", str(snaps[1]), source=str(snaps[1])),
+        MountOp("overlay", str(snaps[2]), source=str(snaps[2])),
+    ]
+    assert ops[1].describe() == f"bind {snaps[0]} (a read-only host mount, as it is)"
+    # A test granted CAP_SYS_ADMIN could remount a bind read-write: overlays for it.
+    assert with_overlays_only(ops) == [MountOp("overlay", op.target, source=op.source) for op in ops]
 
 
 def test_base_plan_order_and_description() -> None:

@@ -42,7 +42,7 @@ DEV_SYMLINKS = {
 class MountOp:
     """One step.  ``target`` is a path inside the container."""
 
-    kind: str  # root_dir | overlay | bind | node | tmpfs | sysfs | devpts | mkdir | symlink | copy_file | file
+    kind: str  # root_dir | overlay | readonly_mount | bind | node | tmpfs | sysfs | devpts | mkdir | symlink | copy_file | file
     # | mask_file | mask_dir (a host credential path hidden: container/credentials.py)
     target: str
     source: str | None = None  # host path for overlay (lower), bind and copy_file
@@ -55,6 +55,8 @@ class MountOp:
             return f"overlay {self.target} (image of {len(self.layers)} layer(s), upper on tmpfs)"
         if self.kind == "overlay":
             return f"overlay {self.target} (lower {self.source}, upper on tmpfs)"
+        if self.kind == "readonly_mount":
+            return f"bind {self.target} (a read-only host mount, as it is)"
         if self.kind == "bind":
             return f"bind {self.source} -> {self.target}{' (read-only)' if self.readonly else ''}"
         if self.kind == "node":
@@ -113,12 +115,25 @@ def host_mount_ops(entries: list[MountEntry]) -> list[MountOp]:
         if entry.fstype in KERNEL_FSTYPES:
             skipped.append(mount_point)
         elif os.path.isdir(mount_point):
-            ops.append(MountOp("overlay", mount_point, source=mount_point))
+            # A read-only mount (a snap's squashfs, a ro bind) needs no
+            # writable layer: writes fail there as on the host.  A bind costs
+            # a fraction of an overlay, and a laptop has dozens of them.
+            kind = "readonly_mount" if "ro" in entry.options else "overlay"
+            ops.append(MountOp(kind, mount_point, source=mount_point))
         elif os.path.isfile(mount_point):
             # A single-file bind mount (resolv.conf in a container): overlay
             # needs a directory, so the file's content is copied into the upper.
             ops.append(MountOp("copy_file", mount_point, source=mount_point))
     return ops
+
+
+def with_overlays_only(ops: list[MountOp]) -> list[MountOp]:
+    """Read-only host mounts as overlays too: for a test granted CAP_SYS_ADMIN.
+
+    Such a test could remount a bind of the host's filesystem read-write,
+    superblock and all; an overlay keeps the host's mount out of its reach.
+    """
+    return [MountOp("overlay", op.target, source=op.source) if op.kind == "readonly_mount" else op for op in ops]
 
 
 def rootless_host_ops(entries: list[MountEntry]) -> list[MountOp]:

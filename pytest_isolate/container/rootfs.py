@@ -141,6 +141,14 @@ class _Builder:
             libc.mount(op.source, target, None, libc.MS_BIND | libc.MS_REC)
             remount_read_only(target)
 
+    def _readonly_mount(self, op: MountOp, target: str) -> None:
+        # Not recursive: mounts below get ops of their own, and kernel
+        # filesystems below (a host /proc) must stay out.
+        assert op.source is not None
+        os.makedirs(target, exist_ok=True)
+        libc.mount(op.source, target, None, libc.MS_BIND)
+        remount_read_only(target)
+
     def _root_dir(self, op: MountOp, target: str) -> None:
         # A directory of the stage tmpfs, made a mount point for pivot_root.
         os.mkdir(target)
