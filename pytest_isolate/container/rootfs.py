@@ -274,6 +274,11 @@ def build_root(
         try:
             builder.apply(op)
         except OSError as error:
+            if error.errno == errno.ENOENT and _vanished_host_mount(op):
+                # The plan is the host's mount table at the session's start;
+                # a container runtime or an automounter may have unmounted
+                # this one since.  Gone on the host, gone in the container.
+                continue
             raise mount_error(op, error) from None
     # /proc of our PID namespace, mounted while the host's /proc is still in
     # view: in a user namespace the kernel allows a new proc (and sysfs)
@@ -291,6 +296,14 @@ def build_root(
         advice = _CONFINED if error.errno == errno.EPERM else ""
         raise ContainerError("switch to the container's root", f"{error.strerror}", advice) from None
     return stage_fd
+
+
+def _vanished_host_mount(op: MountOp) -> bool:
+    """A host filesystem other than the root that is no longer where the plan found it."""
+    source = op.source if op.kind != "overlay" else (op.layers or (op.source,))[0]
+    return op.kind in ("overlay", "bind", "readonly_mount") and op.target != "/" and bool(source) and not os.path.exists(
+        str(source)
+    )
 
 
 def mount_proc(target: str) -> None:
