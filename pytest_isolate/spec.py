@@ -151,22 +151,22 @@ def parse_rate(value: object) -> int:
     return bits
 
 
-def parse_user(value: object) -> bool:
-    expected = "True (root inside maps to an unprivileged user outside) or False"
+def _parse_flag(value: object, expected: str) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS | _FALSE_WORDS:
         return value.strip().lower() in _TRUE_WORDS
     raise _Invalid(expected)
+
+
+def parse_user(value: object) -> bool:
+    expected = "True (root inside maps to an unprivileged user outside) or False"
+    return _parse_flag(value, expected)
 
 
 def parse_inherit_fds(value: object) -> bool:
     expected = "True (the test keeps pytest's open files and sockets: for trusted tests only) or False"
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS | _FALSE_WORDS:
-        return value.strip().lower() in _TRUE_WORDS
-    raise _Invalid(expected)
+    return _parse_flag(value, expected)
 
 
 def parse_hostname(value: object) -> str:
@@ -220,11 +220,7 @@ def parse_caps(value: object) -> frozenset[str]:
 
 def parse_secrets(value: object) -> bool:
     expected = "True (the test sees the host's credential files) or False (hidden: the default)"
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS | _FALSE_WORDS:
-        return value.strip().lower() in _TRUE_WORDS
-    raise _Invalid(expected)
+    return _parse_flag(value, expected)
 
 
 def parse_env(value: object) -> EnvPolicy:
