@@ -20,13 +20,11 @@ never followed), and nothing is written through a symlink.
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import re
 import shutil
 import stat
 import sys
-import tempfile
 import time
 from typing import TYPE_CHECKING
 
@@ -47,12 +45,9 @@ _RUN_DIR_KEY = pytest.StashKey[str]()
 
 
 def keep_root() -> str:
-    temproot = os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir()
-    try:
-        user = getpass.getuser()
-    except (ImportError, KeyError, OSError):
-        user = "unknown"
-    return os.path.join(os.path.realpath(temproot), f"pytest-isolate-keep-of-{user}")
+    from pytest_isolate.tmpdirs import user_temp_dir
+
+    return user_temp_dir("pytest-isolate-keep-of")
 
 
 def _runs(root: str) -> list[tuple[int, str]]:

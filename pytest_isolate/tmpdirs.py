@@ -21,14 +21,19 @@ _NUMBERED = re.compile(r"^pytest-\d+$")
 _OWN_NAMES = ("pytest-current",)
 
 
-def temp_root() -> str:
-    """pytest's ``pytest-of-{user}`` directory, as its tmp_path factory names it."""
+def user_temp_dir(prefix: str) -> str:
+    """``{prefix}-{user}`` in pytest's temporary root, as its tmp_path factory names its own."""
     temproot = os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir()
     try:
         user = getpass.getuser()
     except (ImportError, KeyError, OSError):
         user = "unknown"
-    return os.path.join(os.path.realpath(temproot), f"pytest-of-{user}")
+    return os.path.join(os.path.realpath(temproot), f"{prefix}-{user}")
+
+
+def temp_root() -> str:
+    """pytest's ``pytest-of-{user}`` directory."""
+    return user_temp_dir("pytest-of")
 
 
 def given_basetemp(option: object) -> str | None:
