@@ -17,6 +17,13 @@ from pytest_isolate.spec import IsolationSpec, format_bytes
 SECTION = "pytest-isolate"
 
 
+# How long the machinery may take to start a container (namespaces, mounts,
+# the handshake) before the test's code runs. timeout= covers the test, not
+# this: a container starts in ~0.1 s on a host, but 2-5 s in an emulated VM
+# or on a loaded CI runner, and timeout=1 must still mean one second of test.
+START_LIMIT_SECONDS = 120.0
+
+
 class IsolateBudgetWarning(pytest.PytestWarning):
     """A passing isolated test used more than its soft budget."""
 
@@ -34,7 +41,8 @@ class ContainerResult:
     leftover_output: tuple[str, str] = ("", "")  # after a crash: what the test wrote and never reported
     changes_note: str = ""  # why --isolate-diff's list is incomplete, if it is
     status: int | None = None  # the test process's wait status, from init
-    timed_out: bool = False
+    timed_out: bool = False  # the test's code ran past timeout=
+    start_timed_out: bool = False  # the container never got to run the test's code (START_LIMIT_SECONDS)
     usage: Usage | None = None
     wall_seconds: float = 0.0
     changes: list[Change] | None = None  # files the test touched, with --isolate-diff
@@ -68,6 +76,11 @@ def crash_message(spec: IsolationSpec, result: ContainerResult) -> str:
         return violation_message(result.violation)
     if result.timed_out:
         return f"isolated test exceeded timeout={spec.timeout:g}s; all its processes were killed"
+    if result.start_timed_out:
+        return (
+            f"the isolated test's container did not start within {START_LIMIT_SECONDS:g}s "
+            "(before the test's code ran); all its processes were killed"
+        )
     if usage.oom_kills and spec.mem is not None:
         peak = format_bytes(usage.peak_memory) if usage.peak_memory is not None else "unknown"
         return f"isolated test was killed for exceeding the memory limit {memory_limit(spec)} (peak {peak})"

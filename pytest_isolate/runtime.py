@@ -45,7 +45,7 @@ from pytest_isolate.environment import EnvironmentPlanner
 from pytest_isolate.errors import ContainerError
 from pytest_isolate.forwarding import ReportRouting
 from pytest_isolate.messages import Done, Parser, ProtocolViolation, Ready
-from pytest_isolate.outcome import ContainerResult
+from pytest_isolate.outcome import START_LIMIT_SECONDS, ContainerResult
 from pytest_isolate.output import CaptureFiles, CapturePlan
 from pytest_isolate.spec import IsolationSpec
 
@@ -451,7 +451,10 @@ class Runtime:
         poller = select.poll()
         poller.register(report_fd, select.POLLIN)
         poller.register(test_exited, select.POLLIN)
-        deadline = None if timeout is None else started + timeout
+        # Until "ready" the container is starting: its own bound. From
+        # "ready" on the test's code runs: timeout= applies, from then.
+        deadline: float | None = started + START_LIMIT_SECONDS
+        killed = False
         pipe_open = test_running = True
 
         def kill_container() -> None:
@@ -464,12 +467,16 @@ class Runtime:
                 wait_ms = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
                 events = dict(poller.poll(wait_ms))
                 if not events:
-                    if result.timed_out:
+                    if killed:
                         raise ContainerError(
                             "stop the container",
                             f"its processes were still alive {KILL_GRACE_SECONDS:g}s after SIGKILL",
                         )
-                    result.timed_out = True
+                    if result.ready is None:
+                        result.start_timed_out = True
+                    else:
+                        result.timed_out = True
+                    killed = True
                     kill_container()
                     deadline = time.monotonic() + KILL_GRACE_SECONDS
                     continue
@@ -479,14 +486,17 @@ class Runtime:
                         for raw in reader.feed(data):
                             message = parser.parse(raw)
                             if isinstance(message, Done):
-                                if result.timed_out:
+                                if killed:
                                     continue
                                 result.reported_cpu_seconds = message.cpu_seconds
                                 result.reported_peak_rss = message.peak_rss
                                 if result.ready is not None and result.ready.stage_fd is not None:
                                     _read_layers(result, processes.test_pid, result.ready, plan, deadline, keep_to)
                                 return True
+                            starting = result.ready is None
                             result.add(message)
+                            if starting and result.ready is not None and not killed:
+                                deadline = None if timeout is None else time.monotonic() + timeout
                     except ProtocolViolation as violation:
                         result.violation = violation.reason
                         kill_container()
