@@ -47,7 +47,7 @@ run_root() {
   cd /srv/src || return 1
   local selection=("${args[@]}")
   [ ${#selection[@]} -eq 0 ] && read -ra selection <<< "$root_tests"
-  PYTEST_ISOLATE_REQUIRE=$root_require $venv/bin/pytest -n 2 -p no:cacheprovider -rfEs \
+  PYTEST_ISOLATE_REQUIRE=$root_require $venv/bin/pytest -n 2 -p no:cacheprovider -rfEs --durations=20 \
     --junitxml=$out/root.xml "${selection[@]}"
 }
 
@@ -70,7 +70,7 @@ run_rootless() {
   runuser -u "$user" -- env -C "$home/src" HOME="$home" XDG_RUNTIME_DIR="/run/user/$uid" \
     DBUS_SESSION_BUS_ADDRESS="unix:path=/run/user/$uid/bus" PYTEST_ISOLATE_REQUIRE=$rootless_require \
     systemd-run --user --scope --quiet -p Delegate=yes -- \
-    $venv/bin/pytest -n 2 -p no:cacheprovider -rfEs --junitxml="$junit" "${selection[@]}"
+    $venv/bin/pytest -n 2 -p no:cacheprovider -rfEs --durations=20 --junitxml="$junit" "${selection[@]}"
   local rc=$?
   cp "$junit" $out/rootless.xml 2>/dev/null
   return $rc
