@@ -15,11 +15,15 @@ uid=$(id -u "$user")
 # The default selections: what a pure cgroup v2 + systemd host proves (the v2
 # limit code, storage and isolation on a stock Debian kernel, rootless with a
 # delegated cgroup), sized to fit the lane's ~15 minutes under TCG.
-root_tests="tests/test_limits.py tests/test_usage_report.py tests/test_storage.py tests/test_isolation.py tests/test_network.py"
-rootless_tests="tests/test_rootless.py tests/test_limits.py"
+root_tests="tests/test_limits.py tests/test_usage_report.py tests/test_storage.py tests/test_network.py"
+rootless_tests="tests/test_rootless.py"
 # What the guest has: a test that would skip for one of these fails instead.
 root_require=root,overlay,cgroup,cgroup_v2,netns,fuse_overlayfs,systemd
 rootless_require=rootless,overlay,cgroup_v2,cgroup_delegated,netns,fuse_overlayfs,systemd
+
+# One test's wall-clock bound (pytest-timeout): TCG runs a test 6-20x slower
+# than a host, so this is generous; past it the test fails with its stack.
+test_timeout=300
 
 mapfile -t args < <(grep -v '^$' /job/args 2>/dev/null)
 runs=$(cat /job/runs 2>/dev/null || echo "root rootless")
@@ -47,7 +51,7 @@ run_root() {
   cd /srv/src || return 1
   local selection=("${args[@]}")
   [ ${#selection[@]} -eq 0 ] && read -ra selection <<< "$root_tests"
-  PYTEST_ISOLATE_REQUIRE=$root_require $venv/bin/pytest -n 2 -p no:cacheprovider -rfEs --durations=20 \
+  PYTEST_ISOLATE_REQUIRE=$root_require $venv/bin/pytest -n 2 -p no:cacheprovider -v -rfEs --durations=25 --timeout=$test_timeout --timeout-method=thread \
     --junitxml=$out/root.xml "${selection[@]}"
 }
 
@@ -70,7 +74,7 @@ run_rootless() {
   runuser -u "$user" -- env -C "$home/src" HOME="$home" XDG_RUNTIME_DIR="/run/user/$uid" \
     DBUS_SESSION_BUS_ADDRESS="unix:path=/run/user/$uid/bus" PYTEST_ISOLATE_REQUIRE=$rootless_require \
     systemd-run --user --scope --quiet -p Delegate=yes -- \
-    $venv/bin/pytest -n 2 -p no:cacheprovider -rfEs --durations=20 --junitxml="$junit" "${selection[@]}"
+    $venv/bin/pytest -n 2 -p no:cacheprovider -v -rfEs --durations=25 --timeout=$test_timeout --timeout-method=thread --junitxml="$junit" "${selection[@]}"
   local rc=$?
   cp "$junit" $out/rootless.xml 2>/dev/null
   return $rc
