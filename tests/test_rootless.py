@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 
+import capabilities
 import pytest
 from helpers import failure_lines, run
 
@@ -46,6 +47,9 @@ def test_contained_like_root(pytester: pytest.Pytester) -> None:
 
 
 def test_limits_need_delegation_or_the_rlimit_fallback(pytester: pytest.Pytester) -> None:
+    """A delegated cgroup enforces mem= (over the rlimit fallback too); without one, the test is refused or rlimited."""
+    from pytest_isolate import hostinfo
+
     pytester.makepyfile(
         """
         from pytest_isolate import isolated
@@ -55,18 +59,26 @@ def test_limits_need_delegation_or_the_rlimit_fallback(pytester: pytest.Pytester
             block = bytearray(256 << 20)
         """
     )
-    refused = run(pytester)
-    (line,) = failure_lines(refused)
-    assert re.fullmatch(
-        rf"ERROR test_limits_need_delegation_or_the_rlimit_fallback.py::test_limited - pytest-isolate could not "
-        rf"set the test's limits: pytest runs as uid {os.geteuid()} and may not create cgroups here \(cgroup v[12]\)",
-        line,
-    ) or "delegat" in line, line
+    plain = run(pytester)
     fallback = run(pytester, "-o", "isolate_limits_fallback=rlimit", "--junitxml=out.xml")
     fallback.assert_outcomes(failed=1)
-    assert failure_lines(fallback) == ["FAILED test_limits_need_delegation_or_the_rlimit_fallback.py::test_limited - MemoryError"]
     xml = (pytester.path / "out.xml").read_text()
-    assert 'name="isolate_limits_enforced_by" value="rlimit (weaker than cgroups' in xml
+    test = "test_limits_need_delegation_or_the_rlimit_fallback.py::test_limited"
+    if capabilities.has("cgroup_delegated"):
+        # The cgroup is the real limit; the fallback is only for hosts without one.
+        oom = rf"FAILED {test} - isolated test was killed for exceeding the memory limit mem='64M' \(peak 6[34]\.\d MiB\)"
+        for result in (plain, fallback):
+            (line,) = failure_lines(result)
+            assert re.fullmatch(oom, line), line
+        assert '<property name="isolate_limits_enforced_by" value="cgroup" />' in xml
+    else:
+        version = hostinfo.cgroup_facts()["version"]
+        assert failure_lines(plain) == [
+            f"ERROR {test} - pytest-isolate could not set the test's limits: pytest runs as uid {os.geteuid()} "
+            f"and may not create cgroups here (cgroup v{version})"
+        ]
+        assert failure_lines(fallback) == [f"FAILED {test} - MemoryError"]
+        assert 'name="isolate_limits_enforced_by" value="rlimit (weaker than cgroups' in xml
 
 
 def test_network_private_needs_root(pytester: pytest.Pytester) -> None:
