@@ -237,6 +237,10 @@ class Runtime:
                 "(CAP_NET_ADMIN in the host's network namespace)",
                 'run pytest as root, or reach a host service with net=["127.0.0.1:PORT"]',
             )
+        if spec.net.endpoints:
+            from pytest_isolate.container import forward_targets
+
+            forward_targets.targets(spec.net.endpoints)  # a name must resolve to loopback (cached for the session)
         if not spec.has_limits:
             return None
         if self.cgroups is None:
