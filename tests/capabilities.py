@@ -19,6 +19,7 @@ ALL = (
     "cgroup_v1",
     "cgroup_v2",
     "cgroup_delegated",
+    "systemd",
     "netns",
     "rootless",
     "fuse_overlayfs",
@@ -75,6 +76,9 @@ def has(capability: str) -> bool:
         return has("cgroup_v1") or has("cgroup_v2")
     if capability == "cgroup_delegated":
         return os.geteuid() != 0 and has("cgroup_v2") and _delegated_cgroup() is not None
+    if capability == "systemd":
+        # systemd is PID 1: the test sd_booted(3) makes.
+        return os.path.isdir("/run/systemd/system")
     if capability == "netns":
         return os.path.exists("/proc/self/ns/net")
     if capability == "fuse_overlayfs":
