@@ -212,6 +212,11 @@ class Runtime:
         if os.geteuid() == 0 and self.confinement.route is None:
             raise self._confined("create the container", self._no_route_reason())
         if self.userns_problem is not None:
+            from pytest_isolate.container import apparmor_userns
+
+            restriction = apparmor_userns.diagnose(self.confinement.userns_route)  # Ubuntu 23.10+: its own remedies
+            if restriction is not None:
+                raise restriction.error()
             raise ContainerError(
                 "create the container",
                 f"pytest runs as uid {os.geteuid()}, and this host does not let it build a container "
