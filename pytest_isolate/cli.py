@@ -70,6 +70,8 @@ def _confinement_lines(confined: dict[str, Any]) -> list[str]:
         f" Seccomp: {confined['seccomp']}",
         f" Masked /proc: {f'{len(masked)} paths ({_some(masked)})' if masked else 'none'}",
         f" AppArmor Profile: {confined['apparmor'] or 'none'}",
+        f" AppArmor Userns: {confined['apparmor_userns']}",
+        *(f"  {line}" for line in (confined["apparmor_userns_remedies"] or "").splitlines()),
         f" Cgroups Writable: {cgroups}",
         " Container Routes:",
     ]

@@ -55,6 +55,7 @@ def user_namespaces() -> dict[str, Any]:
 def confinement_facts() -> dict[str, Any]:
     """Inside a CI container: what the kernel allows, both routes tried, and the flags that fix the rest."""
     from pytest_isolate import engines
+    from pytest_isolate.container import apparmor_userns
     from pytest_isolate.container.confinement import explain, probe
 
     found = probe(try_both=True)
@@ -73,6 +74,9 @@ def confinement_facts() -> dict[str, Any]:
         "proc_sys_read_only": found.proc_sys_read_only,
         "cgroup_writable": writable,
         "routes": {found.root_route.route: explain(found.root_route, found), found.userns_route.route: explain(found.userns_route, found)},
+        "apparmor_userns": apparmor_userns.state(found.userns_route),
+        "apparmor_userns_restricted": apparmor_userns.diagnose(found.userns_route) is not None,
+        "apparmor_userns_remedies": apparmor_userns.remedies() if apparmor_userns.diagnose(found.userns_route) else None,
         "route": found.route,
         "flags": [{"flag": flag.spelled(engine), "grants": flag.grants, "needed_for": flag.needed_for} for flag in flags],
         "command_line": engines.command_line(engine, flags) if flags else None,
@@ -136,6 +140,9 @@ def argument_support(facts: dict[str, Any], confined: dict[str, Any] | None = No
     elif confined and root and confined["route"] is None:
         container = False
         why_not = "the kernel refuses both ways to build a container here (see Container Routes and the flags below)"
+    elif confined and not root and confined["apparmor_userns_restricted"]:
+        container = False
+        why_not = "AppArmor restricts unprivileged user namespaces here: see AppArmor Userns above for the three ways out"
     elif not userns:
         why_not = "needs root, or user namespaces for rootless containers (sysctl user.max_user_namespaces=15000)"
     else:

@@ -212,6 +212,11 @@ class Runtime:
         if os.geteuid() == 0 and self.confinement.route is None:
             raise self._confined("create the container", self._no_route_reason())
         if self.userns_problem is not None:
+            from pytest_isolate.container import apparmor_userns
+
+            restriction = apparmor_userns.diagnose(self.confinement.userns_route)  # Ubuntu 23.10+: its own remedies
+            if restriction is not None:
+                raise restriction.error()
             raise ContainerError(
                 "create the container",
                 f"pytest runs as uid {os.geteuid()}, and this host does not let it build a container "
@@ -237,6 +242,10 @@ class Runtime:
                 "(CAP_NET_ADMIN in the host's network namespace)",
                 'run pytest as root, or reach a host service with net=["127.0.0.1:PORT"]',
             )
+        if spec.net.endpoints:
+            from pytest_isolate.container import forward_targets
+
+            forward_targets.targets(spec.net.endpoints)  # a name must resolve to loopback (cached for the session)
         if not spec.has_limits:
             return None
         if self.cgroups is None:

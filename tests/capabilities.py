@@ -28,6 +28,9 @@ ALL = (
     "docker",
 )
 
+# What a test cgroup limits: the controllers a delegated subtree must hand on.
+LIMIT_CONTROLLERS = ("memory", "cpu", "pids")
+
 # Optional host tools: a test that needs one skips naming the package to
 # install, so the README's test command is green on a fresh machine; CI names
 # them in PYTEST_ISOLATE_REQUIRE, so there a missing tool is a failure.
@@ -67,31 +70,6 @@ def _kernel_module(name: str) -> bool:
     return False
 
 
-def _own_cgroup_delegated() -> bool:
-    try:
-        with open("/proc/self/cgroup", encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
-    except OSError:
-        return False
-    if len(lines) != 1 or not lines[0].startswith("0::"):
-        return False  # v1 or hybrid: nothing to delegate
-    mounts = [mount_point for mount_point, fstype, _ in _mounts() if fstype == "cgroup2"]
-    if not mounts:
-        return False
-    directory = os.path.join(mounts[0], lines[0][3:].lstrip("/"))
-    try:
-        with open(os.path.join(directory, "cgroup.controllers"), encoding="ascii") as handle:
-            controllers = handle.read().split()
-    except OSError:
-        return False
-    files = ("cgroup.procs", "cgroup.subtree_control")
-    return (
-        "memory" in controllers
-        and os.access(directory, os.W_OK)
-        and all(os.access(os.path.join(directory, name), os.W_OK) for name in files)
-    )
-
-
 @functools.lru_cache(maxsize=None)
 def has(capability: str) -> bool:
     if capability == "root":
@@ -114,15 +92,13 @@ def has(capability: str) -> bool:
                 with open(os.path.join(mount_point, "cgroup.controllers"), encoding="ascii") as handle:
                     return "memory" in handle.read().split()
         return False
+    if capability == "cgroup":
+        return has("cgroup_v1") or has("cgroup_v2")
     if capability == "cgroup_delegated":
-        # Our own cgroup is a v2 subtree we may manage: writable, with the
-        # memory controller (root's cgroup, or one systemd delegated to a user).
-        return _own_cgroup_delegated()
+        return os.geteuid() != 0 and has("cgroup_v2") and _delegated_cgroup() is not None
     if capability == "systemd":
         # systemd is PID 1: the test sd_booted(3) makes.
         return os.path.isdir("/run/systemd/system")
-    if capability == "cgroup":
-        return has("cgroup_v1") or has("cgroup_v2")
     if capability == "netns":
         return os.path.exists("/proc/self/ns/net")
     if capability == "fuse_overlayfs":
@@ -143,6 +119,55 @@ def has(capability: str) -> bool:
 
         return usable(capability)
     raise ValueError(f"unknown capability {capability!r}; known: {', '.join(ALL)}")
+
+
+def _delegated_cgroup() -> str | None:
+    """A cgroup v2 directory this user may make children in, with the limit controllers for them.
+
+    What systemd's ``Delegate=yes`` gives a user (``user@UID.service``, or
+    ``systemd-run --user --scope -p Delegate=yes``): the directories from our
+    own cgroup's parent up to the mount point are looked at, as the plugin
+    does (a cgroup with processes in it may not hand controllers on, the
+    "no internal processes" rule of cgroups(7)).  Asked by making and
+    removing a child, never by reading ownership alone.
+    """
+    mount_point = next((point for point, fstype, _ in _mounts() if fstype == "cgroup2"), None)
+    if mount_point is None:
+        return None
+    with open("/proc/self/cgroup", encoding="utf-8") as handle:
+        own = next((line.strip()[3:] for line in handle if line.startswith("0::")), None)
+    if own is None:
+        return None
+    candidate = os.path.normpath(mount_point + own)
+    while candidate.startswith(mount_point) and candidate != mount_point:
+        candidate = os.path.dirname(candidate)
+        if _delegates_limits(candidate):
+            return candidate
+    return None
+
+
+def _delegates_limits(directory: str) -> bool:
+    try:
+        with open(os.path.join(directory, "cgroup.controllers"), encoding="ascii") as handle:
+            available = handle.read().split()
+        with open(os.path.join(directory, "cgroup.subtree_control"), encoding="ascii") as handle:
+            enabled = handle.read().split()
+    except OSError:
+        return False
+    if not all(controller in available for controller in LIMIT_CONTROLLERS):
+        return False
+    # Controllers not yet handed on must be ours to enable.
+    if not all(controller in enabled for controller in LIMIT_CONTROLLERS) and not os.access(
+        os.path.join(directory, "cgroup.subtree_control"), os.W_OK
+    ):
+        return False
+    probe = os.path.join(directory, f"pytest-isolate-probe-{os.getpid()}")
+    try:
+        os.mkdir(probe)
+    except OSError:
+        return False
+    os.rmdir(probe)
+    return True
 
 
 def required_by_environment() -> set[str]:

@@ -6,8 +6,10 @@ plugin made for the test itself.
 
 from __future__ import annotations
 
+import pathlib
 import socket
 import subprocess
+import sys
 import threading
 
 import pytest
@@ -104,8 +106,8 @@ def test_forwarded_host_service(pytester: pytest.Pytester, echo_server: EchoServ
                 big = b"x" * 300_000 + b"\\n"
                 assert ask(big) == b"echo:" + big
 
-            @isolated(net=["localhost:{echo_server.port}"])
-            def test_many_connections():
+            @isolated(net=["127.0.0.1:{echo_server.port}"])
+            def test_many_connections():  # localhost inside: the container's own /etc/hosts names it
                 for n in range(50):
                     assert ask(f"{{n}}\\n".encode(), host="localhost") == f"echo:{{n}}\\n".encode()
 
@@ -126,6 +128,80 @@ def test_forwarded_host_service(pytester: pytest.Pytester, echo_server: EchoServ
         assert other.accepted == 0
     finally:
         other.close()
+
+
+def _nsswitch_files_only() -> str:
+    """The host's nsswitch.conf with host names looked up in /etc/hosts alone: no DNS query leaves the machine."""
+    path = pathlib.Path("/etc/nsswitch.conf")
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    lines = [line for line in text.splitlines() if not line.startswith("hosts:")]
+    return "\n".join([*lines, "hosts: files", ""])
+
+
+# /etc/hosts as the pytest run sees it -> (the reason, the fix) the test fails with; None: the test reaches the service.
+NAMED_ENDPOINT_CASES = {
+    "listed": ("127.0.0.1\tlocalhost\n", None),
+    "missing": (
+        "127.0.0.1\tsomething-else\n",
+        (
+            "the host name 'localhost' does not resolve on this host (Name or service not known)",
+            'add the line "127.0.0.1 localhost" to /etc/hosts (minimal Debian images have none)',
+        ),
+    ),
+    "elsewhere": (  # TEST-NET-1 (RFC 5737): never contacted, the test is refused before its container starts
+        "192.0.2.1\tlocalhost\n",
+        (
+            "the host name 'localhost' resolves to 192.0.2.1 on this host, not to a loopback address, "
+            "and only loopback endpoints are forwarded",
+            "map localhost to 127.0.0.1 in /etc/hosts",
+        ),
+    ),
+}
+
+
+@pytest.mark.requires("root")
+@pytest.mark.parametrize("case", NAMED_ENDPOINT_CASES)
+def test_a_forwarded_name_resolves_on_the_host_or_fails_naming_it(
+    pytester: pytest.Pytester, echo_server: EchoServer, case: str
+) -> None:
+    """net=["localhost:PORT"] on a host whose /etc/hosts has no localhost line (Debian's minbase) fails the test
+    naming the endpoint, before the container starts.
+
+    The pytest run gets a stand-in /etc/hosts (and nsswitch.conf) bound over the host's in a mount namespace of
+    its own: the machine's files are never edited.
+    """
+    hosts, expected = NAMED_ENDPOINT_CASES[case]
+    (pytester.path / "hosts").write_text(hosts)
+    (pytester.path / "nsswitch.conf").write_text(_nsswitch_files_only())
+    pytester.makepyfile(
+        test_named=f"""
+        import socket
+        from pytest_isolate import isolated
+
+        @isolated(net=["localhost:{echo_server.port}"])
+        def test_reaches_the_service():
+            with socket.create_connection(("127.0.0.1", {echo_server.port}), timeout=5) as conn:
+                conn.sendall(b"hi\\n")
+                assert conn.recv(100) == b"echo:hi\\n"
+        """
+    )
+    script = 'mount --bind hosts /etc/hosts && mount --bind nsswitch.conf /etc/nsswitch.conf && exec "$@"'
+    result = pytester.run(
+        "unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+        sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-ra", f"--basetemp={pytester.path / 'tmp'}", "test_named.py",
+    )  # fmt: skip
+    if expected is None:
+        result.assert_outcomes(passed=1)
+        assert echo_server.accepted == 1
+        return
+    reason, fix = expected
+    result.assert_outcomes(errors=1)
+    assert failure_lines(result) == [
+        f"ERROR test_named.py::test_reaches_the_service - pytest-isolate could not forward localhost:{echo_server.port} "
+        f"into the container: {reason}"
+    ]
+    assert f'{fix}, or name the address: net=["127.0.0.1:{echo_server.port}"]' in result.outlines, result.outlines
+    assert echo_server.accepted == 0
 
 
 def test_private_link(pytester: pytest.Pytester) -> None:

@@ -7,8 +7,11 @@ root these tests skip, since the root suite covers the rest.
 from __future__ import annotations
 
 import os
+import platform
 import re
+import sys
 
+import capabilities
 import pytest
 from helpers import failure_lines, run
 
@@ -46,6 +49,9 @@ def test_contained_like_root(pytester: pytest.Pytester) -> None:
 
 
 def test_limits_need_delegation_or_the_rlimit_fallback(pytester: pytest.Pytester) -> None:
+    """A delegated cgroup enforces mem= (over the rlimit fallback too); without one, the test is refused or rlimited."""
+    from pytest_isolate import hostinfo
+
     pytester.makepyfile(
         """
         from pytest_isolate import isolated
@@ -55,18 +61,26 @@ def test_limits_need_delegation_or_the_rlimit_fallback(pytester: pytest.Pytester
             block = bytearray(256 << 20)
         """
     )
-    refused = run(pytester)
-    (line,) = failure_lines(refused)
-    assert re.fullmatch(
-        rf"ERROR test_limits_need_delegation_or_the_rlimit_fallback.py::test_limited - pytest-isolate could not "
-        rf"set the test's limits: pytest runs as uid {os.geteuid()} and may not create cgroups here \(cgroup v[12]\)",
-        line,
-    ) or "delegat" in line, line
+    plain = run(pytester)
     fallback = run(pytester, "-o", "isolate_limits_fallback=rlimit", "--junitxml=out.xml")
     fallback.assert_outcomes(failed=1)
-    assert failure_lines(fallback) == ["FAILED test_limits_need_delegation_or_the_rlimit_fallback.py::test_limited - MemoryError"]
     xml = (pytester.path / "out.xml").read_text()
-    assert 'name="isolate_limits_enforced_by" value="rlimit (weaker than cgroups' in xml
+    test = "test_limits_need_delegation_or_the_rlimit_fallback.py::test_limited"
+    if capabilities.has("cgroup_delegated"):
+        # The cgroup is the real limit; the fallback is only for hosts without one.
+        oom = rf"FAILED {test} - isolated test was killed for exceeding the memory limit mem='64M' \(peak 6[34]\.\d MiB\)"
+        for result in (plain, fallback):
+            (line,) = failure_lines(result)
+            assert re.fullmatch(oom, line), line
+        assert '<property name="isolate_limits_enforced_by" value="cgroup" />' in xml
+    else:
+        version = hostinfo.cgroup_facts()["version"]
+        assert failure_lines(plain) == [
+            f"ERROR {test} - pytest-isolate could not set the test's limits: pytest runs as uid {os.geteuid()} "
+            f"and may not create cgroups here (cgroup v{version})"
+        ]
+        assert failure_lines(fallback) == [f"FAILED {test} - MemoryError"]
+        assert 'name="isolate_limits_enforced_by" value="rlimit (weaker than cgroups' in xml
 
 
 def test_network_private_needs_root(pytester: pytest.Pytester) -> None:
@@ -178,3 +192,96 @@ def test_an_image_that_needs_building_says_what_to_run_as_root(pytester: pytest.
         f"this process runs as uid {os.geteuid()}: run `sudo pytest-isolate images build mine` first (with the same "
         "cache: PYTEST_ISOLATE_CACHE or isolate_cache), or run pytest as root in CI"
     )
+
+
+# A seccomp filter that refuses mount(2) and fsopen(2) with EPERM (x86-64), then runs pytest: in a fresh user
+# namespace the first mount fails exactly as under Ubuntu's AppArmor restriction, which this kernel lacks.
+REFUSE_MOUNT = """
+import os, struct, sys
+from pytest_isolate.container import hardening
+
+def instruction(code, jt, jf, k):
+    return struct.pack("HBBI", code, jt, jf, k)
+
+LOAD, JEQ, RET = 0x20, 0x15, 0x06
+EPERM, ALLOW = 0x00050000 | 1, 0x7FFF0000
+program = [instruction(LOAD, 0, 0, 4), instruction(JEQ, 1, 0, 0xC000003E), instruction(RET, 0, 0, ALLOW)]
+program.append(instruction(LOAD, 0, 0, 0))
+for number in (165, 430):  # mount, fsopen
+    program += [instruction(JEQ, 0, 1, number), instruction(RET, 0, 0, EPERM)]
+program.append(instruction(RET, 0, 0, ALLOW))
+hardening.set_no_new_privs()
+hardening.install_seccomp_filter(b"".join(program))
+os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+"""
+
+APPARMOR_TESTS = """
+from pytest_isolate import isolated
+
+@isolated
+def test_a():
+    pass
+
+@isolated(mem="64M")
+def test_b():
+    pass
+
+def test_not_isolated():
+    pass
+"""
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the stand-in's seccomp filter is written for x86-64")
+@pytest.mark.parametrize(
+    ("switch", "mount_refused"),
+    [("1", True), ("0", True), ("1", False), (None, False)],
+    ids=["restricted", "switch-off-but-refused", "switch-on-but-allowed", "no-switch"],
+)
+def test_apparmor_userns_restriction_is_diagnosed(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, switch: str | None, mount_refused: bool
+) -> None:
+    """The diagnosis needs the switch (a stand-in file) *and* the symptom (a mount the kernel refuses)."""
+    from pytest_isolate.container import apparmor_userns
+
+    sysctl = pytester.path / "apparmor_restrict_unprivileged_userns"
+    if switch is not None:
+        sysctl.write_text(switch + "\n")
+    monkeypatch.setenv(apparmor_userns.SYSCTL_VARIABLE, str(sysctl))
+    pytester.makepyfile(test_rootless_here=APPARMOR_TESTS)
+    (pytester.path / "refuse_mount.py").write_text(REFUSE_MOUNT)
+    wrapper = [sys.executable, "refuse_mount.py"] if mount_refused else [sys.executable]
+    result = pytester.run(
+        *wrapper, "-m", "pytest", "-p", "no:cacheprovider", "-ra", "-o", "isolate_limits_fallback=rlimit", f"--basetemp={pytester.path / 'tmp'}"
+    )
+    info = pytester.run(*wrapper, "-m", "pytest_isolate.cli", "info").outlines
+    (line,) = [line for line in info if line.startswith(" AppArmor Userns: ")]
+    if not mount_refused:
+        result.assert_outcomes(passed=3)
+        assert line == (
+            " AppArmor Userns: on (kernel.apparmor_restrict_unprivileged_userns = 1), but user namespaces work for this process"
+            if switch
+            else " AppArmor Userns: no such switch on this kernel (kernel.apparmor_restrict_unprivileged_userns)"
+        )
+        return
+    result.assert_outcomes(passed=1, errors=2)
+    head = f"pytest-isolate could not create the container: pytest runs as uid {os.geteuid()}, and "
+    if switch == "0":
+        reason = (
+            "this host does not let it build a container in a user namespace: refused at 'mount a tmpfs' "
+            "(EPERM: Operation not permitted): the seccomp filter refuses mount"
+        )
+        assert line == " AppArmor Userns: off (kernel.apparmor_restrict_unprivileged_userns = 0)"
+    else:
+        reason = (
+            "AppArmor restricts unprivileged user namespaces here (kernel.apparmor_restrict_unprivileged_userns = 1, "
+            "the default on Ubuntu 23.10 and later, GitHub Actions' ubuntu-24.04 runners included): the user namespace "
+            "is made, but with no capabilities in it, so the first mount in it fails with EPERM"
+        )
+        assert line == f" AppArmor Userns: on, and it refuses rootless containers: {reason}"
+        remedies = apparmor_userns.remedies(os.path.realpath(sys.executable)).splitlines()
+        assert remedies[0] == "three ways out:" and len(remedies) == 10
+        # Every isolated test's message, and info, end with the three ways out, the profile for this Python.
+        assert result.stdout.str().count("\n".join(remedies)) == 2
+        assert "\n".join(info).count("\n".join("  " + entry for entry in remedies)) == 1
+        assert "  mem       no: AppArmor restricts unprivileged user namespaces here: see AppArmor Userns above for the three ways out" in info
+    assert sorted(failure_lines(result)) == [f"ERROR test_rootless_here.py::test_{name} - {head}{reason}" for name in "ab"]

@@ -17,7 +17,7 @@ import os
 import socket
 from typing import TYPE_CHECKING
 
-from pytest_isolate.container import hostlink, network
+from pytest_isolate.container import forward_targets, hostlink, network
 from pytest_isolate.container.forwarder import Forwarder
 from pytest_isolate.errors import ContainerError
 
@@ -67,7 +67,8 @@ class ContainerNetwork:
                 return
             if len(fds) == count:
                 listeners = [socket.socket(fileno=fd) for fd in fds]
-                self.forwarder = Forwarder(listeners, self.spec.net.endpoints)
+                # Numeric addresses: check_host resolved the names already, so this never blocks on a lookup.
+                self.forwarder = Forwarder(listeners, forward_targets.targets(self.spec.net.endpoints))
                 self.forwarder.start()
             else:
                 for fd in fds:
