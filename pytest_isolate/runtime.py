@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
-from pytest_isolate import engines
+from pytest_isolate import coverage_bridge, engines
 from pytest_isolate.channel import ChannelReader, ChannelWriter
 from pytest_isolate.container import credentials, fsdiff, libc, netsetup, rootfs, storage
 from pytest_isolate.container.cgroups import CgroupBackend, TestCgroup, Usage, detect_backend
@@ -52,7 +52,7 @@ from pytest_isolate.spec import IsolationSpec
 if TYPE_CHECKING:
     import pytest
 
-    from pytest_isolate.plugin import Settings
+    from pytest_isolate.settings import Settings
 
 
 # After a timeout kill, how long to wait for the pipe to close before giving up.
@@ -305,12 +305,13 @@ class Runtime:
         status_read, status_write = os.pipe() if userns else (-1, -1)
         # user=True as root: pytest writes the launcher's user map, in a handshake.
         mapping = (os.pipe(), os.pipe()) if userns and not self.rootless else None
+        channel = ChannelWriter(report_write)
         job = ContainerJob(
-            item=item,
+            run_test=_pytest_protocol(item, self.routing, channel),
             spec=spec,
             plan=plan,
             cgroup=cgroup,
-            channel=ChannelWriter(report_write),
+            channel=channel,
             net=net,
             pytest_pid=os.getpid(),
             init_pipe_read=init_read,
@@ -318,7 +319,6 @@ class Runtime:
             close_fds=(*self.foreign_fds, report_read, *_netlink_fds(), *((mapping[0][0], mapping[1][1]) if mapping else ())),
             capture=capture,
             test_oom_score=self.test_oom_score,
-            routing=self.routing,
             hardening=self.hardening,
             stage=self.stage if self.rootless or not userns else self.userns_stage(),
             keep_layers=self.diff_wanted or self.keep_run_dir is not None,
@@ -587,6 +587,19 @@ def _forwarding_on() -> bool:
 
 def _userns_problem(found: Confinement) -> str | None:
     return None if found.userns_route.works else explain(found.userns_route, found)
+
+
+def _pytest_protocol(item: pytest.Item, routing: ReportRouting, channel: ChannelWriter) -> Callable[[], None]:
+    """What the container runs once it is built: pytest's protocol, reported on the channel."""
+
+    def run_test() -> None:
+        routing.apply(channel)
+        item.ihook.pytest_runtest_protocol(item=item, nextitem=item.parent)
+        measured = coverage_bridge.collect()
+        if measured is not None:
+            channel.send("coverage", **measured)
+
+    return run_test
 
 
 def _fork(body: Callable[[ContainerJob], NoReturn], job: ContainerJob) -> int:
