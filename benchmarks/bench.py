@@ -48,6 +48,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shlex
 import shutil
 import statistics
@@ -78,11 +79,16 @@ class Configuration:
     name: str
     args: List[str]
     times: List[float] = dataclasses.field(default_factory=list)
+    cpu_times: List[float] = dataclasses.field(default_factory=list)  # user + system, pytest and its children
     python: str = sys.executable  # another environment's interpreter: another version of the plugin
 
     @property
     def median(self) -> float:
         return statistics.median(self.times)
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu_times) if self.cpu_times else 0.0
 
 
 def forked_available() -> bool:
@@ -229,9 +235,20 @@ def child_env() -> Dict[str, str]:
     return env
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_once(config: Configuration, suite: Suite, timeout: float) -> float:
-    """Wall seconds of one pytest run; exits with its output if it did not pass."""
+    """Wall seconds of one pytest run; exits with its output if it did not pass.
+
+    Its CPU seconds (pytest and every process it waited for, the containers'
+    included) go to ``config.cpu_times``: on a shared, busy machine they
+    vary far less than wall time does.
+    """
     command = [config.python, "-m", "pytest", *COMMON_ARGS, *suite.select_args, *config.args, str(suite.directory)]
+    cpu_before = _children_cpu()
     start = time.perf_counter()
     try:
         result = subprocess.run(
@@ -241,6 +258,7 @@ def run_once(config: Configuration, suite: Suite, timeout: float) -> float:
     except subprocess.TimeoutExpired as error:
         fail(config, command, f"timed out after {timeout:g}s", error.stdout or "")
     elapsed = time.perf_counter() - start
+    config.cpu_times.append(_children_cpu() - cpu_before)
     if result.returncode != 0:
         fail(config, command, f"exit code {result.returncode}", result.stdout)
     if not re.search(rf"^\s*{suite.selected} passed\b", result.stdout, re.MULTILINE):
@@ -281,9 +299,15 @@ def summarize(configs: List[Configuration], suite: Suite, extra_mounts: int, mou
     count = suite.selected
     by_name_median = {config.name: config.median for config in configs}
 
+    by_name_cpu = {config.name: config.cpu_median for config in configs}
+
     def reference(name: str) -> float:
         _, _, workers = name.partition(" ")
         return by_name_median.get(f"plain {workers}".strip(), by_name_median["plain"])
+
+    def cpu_reference(name: str) -> float:
+        _, _, workers = name.partition(" ")
+        return by_name_cpu.get(f"plain {workers}".strip(), by_name_cpu["plain"])
 
     rows = [
         {
@@ -294,17 +318,20 @@ def summarize(configs: List[Configuration], suite: Suite, extra_mounts: int, mou
             "spread_s": max(config.times) - min(config.times),
             "per_test_ms": config.median / count * 1000,
             "overhead_ms_per_test": (config.median - reference(config.name)) / count * 1000,
+            "cpu_s": config.cpu_times,
+            "cpu_median_s": config.cpu_median,
+            "cpu_overhead_ms_per_test": (config.cpu_median - cpu_reference(config.name)) / count * 1000,
         }
         for config in configs
     ]
     by_name = {row["name"]: row for row in rows}
 
-    def ratio(over: str, under: str) -> Optional[float]:
+    def ratio(over: str, under: str, key: str = "overhead_ms_per_test") -> Optional[float]:
         if over not in by_name or under not in by_name:
             return None
-        low = by_name[under]["overhead_ms_per_test"]
+        low = by_name[under][key]
         # An overhead at or under zero is noise; a ratio over it is meaningless.
-        return by_name[over]["overhead_ms_per_test"] / low if low > 0 else None
+        return by_name[over][key] / low if low > 0 else None
 
     ratios = {
         "isolate / bare-fork": ratio("isolate", "bare-fork"),
@@ -314,6 +341,12 @@ def summarize(configs: List[Configuration], suite: Suite, extra_mounts: int, mou
     for name in by_name:
         if name.startswith("isolate@"):  # --compare-with
             ratios[f"{name} / bare-fork"] = ratio(name, "bare-fork")
+    cpu_ratios = {
+        f"{name} / {under}": ratio(name, under, "cpu_overhead_ms_per_test")
+        for name in by_name
+        if name.startswith("isolate")
+        for under in (f"bare-fork {name.partition(' ')[2]}".strip(),)
+    }
     scaling = {
         name: by_name[f"{name} -n2"]["median_s"] / by_name[name]["median_s"]
         for name in by_name
@@ -330,6 +363,7 @@ def summarize(configs: List[Configuration], suite: Suite, extra_mounts: int, mou
         "machine": f"{platform.system()} {platform.release()} {platform.machine()}, {os.cpu_count()} CPUs",
         "configurations": rows,
         "overhead_ratios": {name: value for name, value in ratios.items() if value is not None},
+        "cpu_overhead_ratios": {name: value for name, value in cpu_ratios.items() if value is not None},
         # The old key, kept for scripts that read it.
         "isolate_to_bare_fork_overhead_ratio": ratios["isolate / bare-fork"],
         "n2_over_serial": scaling,
@@ -345,10 +379,11 @@ def print_table(summary: dict) -> None:
     mounts = f", {summary['extra_mounts']} extra mounts" if summary["extra_mounts"] else ""
     print(f"\n{summary['suite']}{mounts} ({summary['mount_table_lines']} in the mount table); "
           f"median of {summary['repeat']} run(s); Python {summary['python']}, {summary['machine']}\n")
-    print(f"{'configuration':<18} {'median s':>9} {'spread s':>9} {'ms/test':>9} {'overhead ms/test':>17}")
+    print(f"{'configuration':<18} {'median s':>9} {'spread s':>9} {'ms/test':>9} {'overhead ms/test':>17}"
+          f" {'CPU s':>7} {'CPU overhead ms/test':>21}")
     for row in summary["configurations"]:
         print(f"{row['name']:<18} {row['median_s']:>9.2f} {row['spread_s']:>9.2f} {row['per_test_ms']:>9.2f} "
-              f"{row['overhead_ms_per_test']:>17.2f}")
+              f"{row['overhead_ms_per_test']:>17.2f} {row['cpu_median_s']:>7.2f} {row['cpu_overhead_ms_per_test']:>21.2f}")
     print()
     names = {row["name"] for row in summary["configurations"]}
     if summary["isolate_to_bare_fork_overhead_ratio"] is None and {"isolate", "bare-fork"} <= names:
@@ -356,6 +391,9 @@ def print_table(summary: dict) -> None:
     for name, value in summary["overhead_ratios"].items():
         over, under = name.split(" / ")
         print(f"{over} overhead / {under} overhead: {value:.2f}x")
+    for name, value in summary.get("cpu_overhead_ratios", {}).items():
+        over, under = name.split(" / ")
+        print(f"{over} CPU overhead / {under} CPU overhead: {value:.2f}x")
     for name, value in summary["n2_over_serial"].items():
         print(f"{name}: -n 2 wall time / serial wall time: {value:.2f}")
 

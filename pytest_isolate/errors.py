@@ -19,6 +19,7 @@ class SpecError(ValueError):
         *,
         where: str | None = None,
         unknown: bool = False,
+        accepted: tuple[str, ...] = (),  # with unknown: the arguments there are
     ) -> None:
         self.origin = origin
         self.argument = argument
@@ -26,15 +27,14 @@ class SpecError(ValueError):
         self.expected = expected
         self.where = where
         self.unknown = unknown
+        self.accepted = accepted
         super().__init__(self._message())
 
     def _message(self) -> str:
         if self.unknown:
-            from pytest_isolate.spec import ARGUMENTS
-
             return (
                 f"{self.where}: @isolated got an unknown argument {self.argument}={self.value!r}; "
-                f"the accepted arguments are {', '.join(ARGUMENTS)}"
+                f"the accepted arguments are {', '.join(self.accepted)}"
             )
         if self.origin == "marker":
             written = f"@isolated({self.argument}={self.value!r})"

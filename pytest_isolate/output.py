@@ -95,6 +95,10 @@ class CaptureFiles:
                 for target in targets:
                     os.dup2(source, target, inheritable=target <= 2)
 
+    def kept_fds(self) -> tuple[int, ...]:
+        """The descriptors the test process keeps open after ``redirect``."""
+        return tuple(self.plan.keep())
+
     def leftover(self) -> tuple[str, str]:
         """In pytest, after a crash: what the test wrote and never reported, head and tail."""
         return _read_bounded(self.out), _read_bounded(self.err)

@@ -7,7 +7,6 @@ when the first isolated test runs.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Generator
 from typing import TYPE_CHECKING
@@ -16,6 +15,7 @@ import pytest
 
 from pytest_isolate import forwarding, repeat, summary
 from pytest_isolate.errors import SpecError
+from pytest_isolate.settings import Settings
 from pytest_isolate.spec import ARGUMENTS, MARKER_SIGNATURE, IsolationSpec, Setting, check_setting, resolve_spec
 
 if TYPE_CHECKING:
@@ -69,16 +69,6 @@ KEEP_HELP = (
     "keep the writable layer of isolated tests that failed (failed), of every isolated test (all), "
     "or of none (none, the default); the last 3 runs are kept (pytest-isolate kept)"
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    isolate_all: bool
-    defaults: dict[str, Setting]  # ini < command line, already merged and checked
-    budget_strict: bool = False
-    diff: bool = False
-    diff_fail: tuple[str, ...] = ()
-    keep: str = "none"  # --isolate-keep: none, failed or all
 
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -213,10 +203,14 @@ def pytest_configure(config: pytest.Config) -> None:
             config.pluginmanager.register(keep.KeptSummary(), "pytest-isolate-kept-summary")
     # Flake hunting and the CI summary: their options are checked here, before the run.
     try:
-        repeat.configure(config)
+        repeating = repeat.configure(config)
         summary.configure(config)
     except SpecError as error:
         raise pytest.UsageError(str(error)) from None
+    if repeating is not None and not hasattr(config, "workerinput"):  # the process that reports
+        from pytest_isolate.flakes import FlakeReporter
+
+        config.pluginmanager.register(FlakeReporter(config, repeating), "pytest-isolate-flakes")
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:

@@ -131,17 +131,16 @@ def read_settings(config: pytest.Config) -> RepeatSettings | None:
     )
 
 
-def configure(config: pytest.Config) -> None:
-    """Read and store the settings; register the collection and the tally when repeating."""
+def configure(config: pytest.Config) -> RepeatSettings | None:
+    """Read and store the settings; register the collection when repeating.
+
+    The caller registers the tally (``flakes``, which imports this module).
+    """
     settings = read_settings(config)
     config.stash[SETTINGS_KEY] = settings
-    if settings is None:
-        return
-    config.pluginmanager.register(RepeatCollection(settings), "pytest-isolate-repeat")
-    if not hasattr(config, "workerinput"):  # the process that reports
-        from pytest_isolate.flakes import FlakeReporter
-
-        config.pluginmanager.register(FlakeReporter(config, settings), "pytest-isolate-flakes")
+    if settings is not None:
+        config.pluginmanager.register(RepeatCollection(settings), "pytest-isolate-repeat")
+    return settings
 
 
 def settings_of(config: pytest.Config) -> RepeatSettings | None:

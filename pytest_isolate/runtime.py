@@ -20,14 +20,14 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
-from pytest_isolate import engines
+from pytest_isolate import coverage_bridge, engines
 from pytest_isolate.channel import ChannelReader, ChannelWriter
 from pytest_isolate.container import credentials, fsdiff, libc, netsetup, rootfs, storage
 from pytest_isolate.container.cgroups import CgroupBackend, TestCgroup, Usage, detect_backend
 from pytest_isolate.container.confinement import USERNS_ROUTE, Confinement, explain
 from pytest_isolate.container.confinement import probe as probe_confinement
 from pytest_isolate.container.hardening import Hardening
-from pytest_isolate.container.launcher import ContainerJob, run_rootless_launcher, run_test_process, spawn_init
+from pytest_isolate.container.launcher import ContainerJob, run_rootless_launcher, run_test_process
 from pytest_isolate.container.lifecycle import ContainerProcesses, Graveyard, kill
 from pytest_isolate.container.mountinfo import read_mounts
 from pytest_isolate.container.mountplan import (
@@ -41,6 +41,9 @@ from pytest_isolate.container.mountplan import (
 )
 from pytest_isolate.container.netsetup import ContainerNetwork
 from pytest_isolate.container.network import hosts_file
+from pytest_isolate.container.prepared import PreparedPidNamespace
+from pytest_isolate.container.prepared import prepare as prepare_pid_namespace
+from pytest_isolate.container.prepared import take as take_prepared
 from pytest_isolate.environment import EnvironmentPlanner
 from pytest_isolate.errors import ContainerError
 from pytest_isolate.forwarding import ReportRouting
@@ -52,7 +55,7 @@ from pytest_isolate.spec import IsolationSpec
 if TYPE_CHECKING:
     import pytest
 
-    from pytest_isolate.plugin import Settings
+    from pytest_isolate.settings import Settings
 
 
 # After a timeout kill, how long to wait for the pipe to close before giving up.
@@ -103,6 +106,7 @@ class Runtime:
         self.environment = EnvironmentPlanner()
         # The PID namespace children go back to after each container.
         self.own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        self._prepared: PreparedPidNamespace | None = None
         self.stage = rootfs.ensure_stage_dir()
         if self.cgroups is not None and os.geteuid() == 0 and self.cgroups_writable():
             self.cleaned = self.cgroups.remove_stale_groups()
@@ -115,6 +119,9 @@ class Runtime:
             _die_with_xdist_controller()
 
     def close(self) -> None:
+        if self._prepared is not None:
+            self._prepared.discard()
+            self._prepared = None
         self.graveyard.sweep(block=True)
         if netsetup.created:
             from pytest_isolate.container.hostlink import wait_for_links_gone
@@ -308,18 +315,24 @@ class Runtime:
         net = ContainerNetwork(spec, self.net_range)
         capture = CaptureFiles(self.capture_plan, self.null_fd)
         report_read, report_write = os.pipe()
-        init_read, processes.init_write = os.pipe()
         userns = self.in_user_namespace(spec)
+        prepared = None
+        if userns:  # the launcher spawns init, in the user namespace it makes
+            init_read, processes.init_write = os.pipe()
+        else:  # made while the last test ran (see container.prepared)
+            prepared = self._take_prepared_pid_namespace()
+            init_read, processes.init_write, processes.init_pid = -1, prepared.init_write, prepared.init_pid
         # The launcher's word on the test's exit, on a pipe the test never holds.
         status_read, status_write = os.pipe() if userns else (-1, -1)
         # user=True as root: pytest writes the launcher's user map, in a handshake.
         mapping = (os.pipe(), os.pipe()) if userns and not self.rootless else None
+        channel = ChannelWriter(report_write)
         job = ContainerJob(
-            item=item,
+            run_test=_pytest_protocol(item, self.routing, channel),
             spec=spec,
             plan=plan,
             cgroup=cgroup,
-            channel=ChannelWriter(report_write),
+            channel=channel,
             net=net,
             pytest_pid=os.getpid(),
             init_pipe_read=init_read,
@@ -327,7 +340,6 @@ class Runtime:
             close_fds=(*self.foreign_fds, report_read, *_netlink_fds(), *((mapping[0][0], mapping[1][1]) if mapping else ())),
             capture=capture,
             test_oom_score=self.test_oom_score,
-            routing=self.routing,
             hardening=self.hardening,
             stage=self.stage if self.rootless or not userns else self.userns_stage(),
             keep_layers=self.diff_wanted or self.keep_run_dir is not None,
@@ -349,7 +361,8 @@ class Runtime:
                     _map_user(processes.test_pid, mapping)
                     mapping = None
             else:
-                self._start_in_new_pid_namespace(job, processes)
+                assert prepared is not None
+                self._start_in_new_pid_namespace(job, processes, prepared)
             os.close(report_write)
             report_write = -1
             if status_write >= 0:
@@ -427,16 +440,30 @@ class Runtime:
         advice = engines.advice(self.confinement, engines.detect()[0], writable)
         return ContainerError(stage, reason, (advice or "see `pytest-isolate info`") + also)
 
-    def _start_in_new_pid_namespace(self, job: ContainerJob, processes: ContainerProcesses) -> None:
-        """As root: init and the test process, created straight into a new PID namespace."""
-        libc.unshare(libc.CLONE_NEWPID)
+    def _take_prepared_pid_namespace(self) -> PreparedPidNamespace:
+        prepared, self._prepared = self._prepared, None
+        if prepared is None:  # the first container, or the last preparation failed
+            prepared = prepare_pid_namespace(self.own_pid_namespace)
+        take_prepared(prepared)
+        return prepared
+
+    def _start_in_new_pid_namespace(
+        self, job: ContainerJob, processes: ContainerProcesses, prepared: PreparedPidNamespace
+    ) -> None:
+        """As root: the test process, forked straight into a PID namespace where init already runs."""
+        libc.setns(prepared.namespace_fd, libc.CLONE_NEWPID)
         try:
-            processes.init_pid = spawn_init(job.init_pipe_read)
             processes.test_pid = _fork(run_test_process, job)
         finally:
             # Later children of this thread (subprocesses a fixture starts)
             # must stay in pytest's own PID namespace.
             libc.setns(self.own_pid_namespace, libc.CLONE_NEWPID)
+            prepared.close_namespace_fd()
+        # The next container's namespace and init, while this test builds its own.
+        try:
+            self._prepared = prepare_pid_namespace(self.own_pid_namespace)
+        except OSError:
+            self._prepared = None  # the next launch tries again, and reports what fails
 
     @staticmethod
     def _watch(
@@ -606,6 +633,19 @@ def _forwarding_on() -> bool:
 
 def _userns_problem(found: Confinement) -> str | None:
     return None if found.userns_route.works else explain(found.userns_route, found)
+
+
+def _pytest_protocol(item: pytest.Item, routing: ReportRouting, channel: ChannelWriter) -> Callable[[], None]:
+    """What the container runs once it is built: pytest's protocol, reported on the channel."""
+
+    def run_test() -> None:
+        routing.apply(channel)
+        item.ihook.pytest_runtest_protocol(item=item, nextitem=item.parent)
+        measured = coverage_bridge.collect()
+        if measured is not None:
+            channel.send("coverage", **measured)
+
+    return run_test
 
 
 def _fork(body: Callable[[ContainerJob], NoReturn], job: ContainerJob) -> int:

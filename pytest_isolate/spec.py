@@ -196,7 +196,7 @@ def parse_rootfs(value: object) -> str:
 
 def parse_caps(value: object) -> frozenset[str]:
     """Extra capabilities: names like "SYS_ADMIN" (or "CAP_SYS_ADMIN"), a list or comma-separated."""
-    from pytest_isolate.container.hardening import CAPABILITIES
+    from pytest_isolate.container.capabilities import CAPABILITIES
 
     expected = 'capability names to add to the default set, such as ["NET_ADMIN"] or "SYS_PTRACE,SYS_ADMIN"'
     if isinstance(value, str):
@@ -330,7 +330,7 @@ def resolve_spec(
     """
     for name, value in marker_kwargs.items():
         if name not in PARSERS:
-            raise SpecError("marker", name, value, "", where=where, unknown=True)
+            raise SpecError("marker", name, value, "", where=where, unknown=True, accepted=ARGUMENTS)
     merged: dict[str, Setting] = dict(defaults)
     for name, value in marker_kwargs.items():
         merged[name] = Setting(value, "marker")

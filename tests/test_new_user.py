@@ -164,7 +164,7 @@ def test_every_bad_marker_is_reported(pytester: pytest.Pytester) -> None:
 
 
 def test_caps_names_the_bad_capability_and_the_valid_ones(pytester: pytest.Pytester) -> None:
-    from pytest_isolate.container.hardening import CAPABILITIES
+    from pytest_isolate.container.capabilities import CAPABILITIES
 
     pytester.makepyfile(
         """

@@ -144,7 +144,7 @@ def _status_fields() -> dict[str, str]:
 
 
 def effective_capabilities(status: dict[str, str] | None = None) -> frozenset[str]:
-    from pytest_isolate.container.hardening import CAPABILITIES
+    from pytest_isolate.container.capabilities import CAPABILITIES
 
     status = _status_fields() if status is None else status
     mask = int(status.get("CapEff", "0"), 16)

@@ -40,23 +40,18 @@ import resource
 import signal
 import sys
 import traceback
-from typing import TYPE_CHECKING, NoReturn
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
-from pytest_isolate import coverage_bridge
 from pytest_isolate.container import libc, rootfs, sysfiles, userns
 from pytest_isolate.errors import ContainerError
 
 if TYPE_CHECKING:
-    import pytest
-
-    from pytest_isolate.channel import ChannelWriter
     from pytest_isolate.container.cgroups import TestCgroup
     from pytest_isolate.container.hardening import Hardening
     from pytest_isolate.container.mountplan import MountPlan
     from pytest_isolate.container.netsetup import ContainerNetwork
     from pytest_isolate.environment import EnvironmentPlan
-    from pytest_isolate.forwarding import ReportRouting
-    from pytest_isolate.output import CaptureFiles
     from pytest_isolate.spec import IsolationSpec
 
 INIT_NAME = "pytest-isolate-init"
@@ -83,23 +78,45 @@ def spawn_init(pipe_read_fd: int) -> int:
     )
 
 
+class Channel(Protocol):
+    """The container's line to pytest (``pytest_isolate.channel.ChannelWriter``)."""
+
+    fd: int
+
+    def send(self, kind: str, **fields: Any) -> None: ...
+
+    def try_send(self, kind: str, **fields: Any) -> None: ...
+
+
+class Capture(Protocol):
+    """Where the test's output goes (``pytest_isolate.output.CaptureFiles``)."""
+
+    def redirect(self) -> None: ...
+
+    def kept_fds(self) -> tuple[int, ...]: ...
+
+
 @dataclasses.dataclass
 class ContainerJob:
-    """Everything one container's processes need, prepared by pytest before the fork."""
+    """Everything one container's processes need, prepared by pytest before the fork.
 
-    item: pytest.Item
+    The sandbox knows nothing of pytest: what runs inside, once the container
+    is built and hardened, is ``run_test()`` (pytest's runtest protocol,
+    which reports on the same channel, see ``runtime``).
+    """
+
+    run_test: Callable[[], None]
     spec: IsolationSpec
     plan: MountPlan
     cgroup: TestCgroup | None
-    channel: ChannelWriter
+    channel: Channel
     net: ContainerNetwork
     pytest_pid: int
     init_pipe_read: int
     init_pipe_write: int
     close_fds: tuple[int, ...]  # with inherit_fds: what must be closed all the same
-    capture: CaptureFiles
+    capture: Capture
     test_oom_score: str
-    routing: ReportRouting
     hardening: Hardening
     stage: str  # the host directory the container's tmpfs is mounted on
     keep_layers: bool = False  # hold the writable layers open for --isolate-diff
@@ -200,7 +217,7 @@ def _leave_pytest(job: ContainerJob, *, parent: int) -> None:
 
 
 def _descriptors_needed(job: ContainerJob) -> tuple[int, ...]:
-    needed = [*job.capture.plan.keep(), job.channel.fd, job.status_fd, *job.net.container_fds()]
+    needed = [*job.capture.kept_fds(), job.channel.fd, job.status_fd, *job.net.container_fds()]
     if job.rootless:  # the launcher starts init and may wait for its user map
         needed += [job.init_pipe_read, *(job.user_sync or ())]
     return tuple(needed)
@@ -247,7 +264,7 @@ def _build_container(job: ContainerJob, step) -> int | None:  # type: ignore[no-
 class _reported:
     """Turn any failure of the container machinery into an "error" message, then exit."""
 
-    def __init__(self, channel: ChannelWriter) -> None:
+    def __init__(self, channel: Channel) -> None:
         self.channel = channel
         self.stage = "start the container"
 
@@ -297,11 +314,7 @@ def _run_test(job: ContainerJob, stage_fd: int | None) -> NoReturn:
         else:
             stage = os.fstat(stage_fd)
             channel.send("ready", stage_fd=stage_fd, stage_id=[stage.st_dev, stage.st_ino])
-        job.routing.apply(channel)
-        job.item.ihook.pytest_runtest_protocol(item=job.item, nextitem=job.item.parent)
-        measured = coverage_bridge.collect()
-        if measured is not None:
-            channel.send("coverage", **measured)
+        job.run_test()
         _flush_std_streams()
         # Everything is reported: pytest may end the container from here on.
         channel.send("done", cpu_seconds=_cpu_seconds(), peak_rss=_peak_rss())

@@ -54,6 +54,17 @@ def _escape_layer(path: str) -> str:
     return path.replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
 
 
+def _ensure_dir(path: str) -> None:
+    """``os.makedirs(path, exist_ok=True)`` in one ``stat`` where the directory exists.
+
+    A host mount point is almost always already in the layer below (its
+    parent filesystem has the directory): with dozens of host mounts, the
+    three lookups ``makedirs`` makes per mount point add up.
+    """
+    if not os.path.isdir(path):
+        os.makedirs(path, exist_ok=True)
+
+
 def _inside(root: str, path: str) -> str:
     return os.path.join(root, path.lstrip("/"))
 
@@ -111,7 +122,7 @@ class _Builder:
         if op.target == "/":
             os.mkdir(self.root)
         else:
-            os.makedirs(target, exist_ok=True)
+            _ensure_dir(target)
         if self.storage == "copy":
             if not op.layers and op.source == "/":
                 raise ContainerError(
@@ -145,7 +156,7 @@ class _Builder:
         # Not recursive: mounts below get ops of their own, and kernel
         # filesystems below (a host /proc) must stay out.
         assert op.source is not None
-        os.makedirs(target, exist_ok=True)
+        _ensure_dir(target)
         libc.mount(op.source, target, None, libc.MS_BIND)
         remount_read_only(target)
 
