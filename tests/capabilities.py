@@ -12,7 +12,22 @@ import functools
 import os
 import shutil
 
-ALL = ("root", "overlay", "cgroup", "cgroup_v1", "cgroup_v2", "netns", "rootless", "fuse_overlayfs", "mmdebstrap", "podman", "docker")
+ALL = (
+    "root",
+    "overlay",
+    "cgroup",
+    "cgroup_v1",
+    "cgroup_v2",
+    "cgroup_delegated",
+    "systemd",
+    "netns",
+    "rootless",
+    "fuse_overlayfs",
+    "rootless_fuse",
+    "mmdebstrap",
+    "podman",
+    "docker",
+)
 
 # Optional host tools: a test that needs one skips naming the package to
 # install, so the README's test command is green on a fresh machine; CI names
@@ -38,13 +53,58 @@ def _mounts() -> list[tuple[str, str, set[str]]]:
     return entries
 
 
+def _kernel_module(name: str) -> bool:
+    """Whether the running kernel has ``name`` as a loadable or built-in module."""
+    base = os.path.join("/lib/modules", os.uname().release)
+    for listing in ("modules.dep", "modules.builtin"):
+        try:
+            with open(os.path.join(base, listing), encoding="utf-8") as handle:
+                for line in handle:
+                    module = os.path.basename(line.split(":", 1)[0].strip())
+                    if module.split(".ko", 1)[0] == name:
+                        return True
+        except OSError:
+            continue
+    return False
+
+
+def _own_cgroup_delegated() -> bool:
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return False
+    if len(lines) != 1 or not lines[0].startswith("0::"):
+        return False  # v1 or hybrid: nothing to delegate
+    mounts = [mount_point for mount_point, fstype, _ in _mounts() if fstype == "cgroup2"]
+    if not mounts:
+        return False
+    directory = os.path.join(mounts[0], lines[0][3:].lstrip("/"))
+    try:
+        with open(os.path.join(directory, "cgroup.controllers"), encoding="ascii") as handle:
+            controllers = handle.read().split()
+    except OSError:
+        return False
+    files = ("cgroup.procs", "cgroup.subtree_control")
+    return (
+        "memory" in controllers
+        and os.access(directory, os.W_OK)
+        and all(os.access(os.path.join(directory, name), os.W_OK) for name in files)
+    )
+
+
 @functools.lru_cache(maxsize=None)
 def has(capability: str) -> bool:
     if capability == "root":
         return os.geteuid() == 0
     if capability == "overlay":
+        # Registered, or a module the kernel loads on the first overlay mount
+        # (Debian, Ubuntu). Looked up, not loaded: loading it here would hide
+        # whether the plugin finds it on a fresh host.
         with open("/proc/filesystems", encoding="ascii") as handle:
-            return any(line.split()[-1] == "overlay" for line in handle)
+            if any(line.split()[-1] == "overlay" for line in handle):
+                return True
+        return _kernel_module("overlay")
     if capability == "cgroup_v1":
         return any(fstype == "cgroup" and "memory" in opts for _, fstype, opts in _mounts())
     if capability == "cgroup_v2":
@@ -55,12 +115,25 @@ def has(capability: str) -> bool:
                 with open(os.path.join(mount_point, "cgroup.controllers"), encoding="ascii") as handle:
                     return "memory" in handle.read().split()
         return False
+    if capability == "cgroup_delegated":
+        # Our own cgroup is a v2 subtree we may manage: writable, with the
+        # memory controller (root's cgroup, or one systemd delegated to a user).
+        return _own_cgroup_delegated()
+    if capability == "systemd":
+        # systemd is PID 1: the test sd_booted(3) makes.
+        return os.path.isdir("/run/systemd/system")
     if capability == "cgroup":
         return has("cgroup_v1") or has("cgroup_v2")
     if capability == "netns":
         return os.path.exists("/proc/self/ns/net")
     if capability == "fuse_overlayfs":
         return shutil.which("fuse-overlayfs") is not None and os.path.exists("/dev/fuse")
+    if capability == "rootless_fuse":
+        # Not root, and fuse-overlayfs can be run by us: the program, and
+        # /dev/fuse open to our user (root-only on some hosts).
+        from pytest_isolate.container.overlay_probe import fuse_usable
+
+        return os.geteuid() != 0 and fuse_usable()[0]
     if capability == "mmdebstrap":
         return shutil.which("mmdebstrap") is not None
     if capability == "rootless":
