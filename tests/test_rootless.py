@@ -202,7 +202,7 @@ def test_a_test_may_write_and_delete_anywhere_as_under_root(pytester: pytest.Pyt
     """Rootless with fuse-overlayfs (squash_to_root): the host root's files are the container root's."""
     assert os.path.isdir("/usr/share/doc")
     pytester.makepyfile(WRITE_ANYWHERE)
-    run(pytester).assert_outcomes(passed=1)
+    run(pytester, "-o", "isolate_storage=fuse").assert_outcomes(passed=1)
     assert os.path.isdir("/usr/share/doc") and not os.path.exists("/usr/share/pytest-isolate-x")
 
 
@@ -215,19 +215,25 @@ def test_info_names_the_storage_driver_and_why() -> None:
     output = subprocess.run([sys.executable, "-m", "pytest_isolate.cli", "info"], capture_output=True, text=True, check=True).stdout
     lines = output.splitlines()
     where = lines.index(next(line for line in lines if line.startswith(" Storage Driver: ")))
+    from pytest_isolate.container.overlay_probe import probe
+
     usable, why_not = fuse_usable()
-    if usable:
-        assert lines[where : where + 2] == [
-            " Storage Driver: fuse",
-            "  Why: fuse-overlayfs with squash_to_root: rootless, every file is the container root's, "
-            "so a test may change or delete any file, as under root",
-        ]
-    else:
+    kernel = probe(True)
+    if kernel.usable:
         assert lines[where : where + 2] == [
             " Storage Driver: overlay",
-            "  Why: the kernel's overlay in a user namespace: the test cannot change or delete the host root's files "
-            f"(fuse-overlayfs with squash_to_root would let it), but {why_not}",
+            "  Why: the kernel's overlay in a user namespace: the test cannot change or delete the host root's files; "
+            "isolate_storage = fuse lets it (fuse-overlayfs with squash_to_root, slower)"
+            + ("" if usable else f"; fuse-overlayfs cannot be used here: {why_not}"),
         ]
+    elif usable:
+        assert lines[where : where + 2] == [
+            " Storage Driver: fuse",
+            f"  Why: the kernel's overlay failed in a user namespace ({kernel.failure}); fuse-overlayfs with squash_to_root: "
+            "rootless, every file is the container root's, so a test may change or delete any file, as under root",
+        ]
+    else:
+        assert lines[where] == " Storage Driver: none"
 
 
 def _kernel_overlay_in_userns_fails() -> bool:

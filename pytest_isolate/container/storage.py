@@ -43,11 +43,15 @@ def _rootless(rootless: bool | None) -> bool:
 def choose(setting: str, rootless: bool | None = None) -> str:
     """The driver for ``isolate_storage``; raises ContainerError for one this host lacks.
 
-    Rootless, ``auto`` prefers fuse-overlayfs (with ``squash_to_root``) to
-    the kernel's overlay: in a user namespace the kernel's overlay leaves the
-    host root's files as they are to this user (a test cannot delete
-    ``/usr/share/doc`` or make ``/usr/share/x``), while the squashed fuse
-    view lets a test change and delete anything, as under root (issue 11).
+    Rootless, ``auto`` takes the kernel's overlay where a trial one can
+    write: in a user namespace it leaves the host root's files as they are
+    to this user (a test cannot delete ``/usr/share/doc`` or make
+    ``/usr/share/x``).  ``isolate_storage = fuse`` mounts fuse-overlayfs with
+    ``squash_to_root`` instead, which lets a test change and delete anything,
+    as under root, at the cost of a FUSE daemon per mount and every file
+    access through it (issue 11, measured in README).  Where the kernel's
+    overlay cannot write (tmpfs without user.* xattrs, Linux < 6.6), auto
+    takes fuse-overlayfs.
     """
     return explain(setting, rootless)[0]
 
@@ -65,10 +69,10 @@ def explain(setting: str, rootless: bool | None = None) -> tuple[str, str]:
     kernel = overlay_probe.probe(rootless)
     fuse, no_fuse = overlay_probe.fuse_usable()
     if setting == "auto" and rootless:
-        if fuse:
-            return "fuse", ROOTLESS_FUSE_WHY
         if kernel.usable:
-            return "overlay", f"{ROOTLESS_KERNEL_WHY}, but {no_fuse}"
+            return "overlay", ROOTLESS_KERNEL_WHY + ("" if fuse else f"; fuse-overlayfs cannot be used here: {no_fuse}")
+        if fuse:
+            return "fuse", f"the kernel's overlay failed in a user namespace ({kernel.failure}); {ROOTLESS_FUSE_WHY}"
         raise _rootless_refused(kernel, no_fuse)
     if setting == "auto":
         if kernel.usable:
@@ -90,8 +94,8 @@ ROOTLESS_FUSE_WHY = (
     "so a test may change or delete any file, as under root"
 )
 ROOTLESS_KERNEL_WHY = (
-    "the kernel's overlay in a user namespace: the test cannot change or delete the host root's files "
-    "(fuse-overlayfs with squash_to_root would let it)"
+    "the kernel's overlay in a user namespace: the test cannot change or delete the host root's files; "
+    "isolate_storage = fuse lets it (fuse-overlayfs with squash_to_root, slower)"
 )
 
 
