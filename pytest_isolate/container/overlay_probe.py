@@ -95,6 +95,7 @@ def _try(base: str, in_user_namespace: bool) -> dict[str, object]:
             os.mkdir(os.path.join(base, name))
         with open(os.path.join(base, "lower", "old"), "w") as handle:
             handle.write("lower")
+        os.makedirs(os.path.join(base, "lower", "dir", "sub"))
         step = "set a user.* xattr on tmpfs"
         try:
             os.setxattr(os.path.join(base, "upper"), "user.pytest-isolate", b"1")
@@ -112,6 +113,14 @@ def _try(base: str, in_user_namespace: bool) -> dict[str, object]:
             handle.write("upper")
         step = "delete a lower file in the overlay"
         os.remove(f"{base}/merged/old")
+        # A lower directory is copied up first (origin and impure xattrs),
+        # and a directory made where one was deleted is opaque.
+        step = "write a file in a lower directory"
+        with open(f"{base}/merged/dir/file", "w") as handle:
+            handle.write("upper")
+        step = "replace a lower directory"
+        os.rmdir(f"{base}/merged/dir/sub")
+        os.mkdir(f"{base}/merged/dir/sub")
         answer["writes"] = True
     except OSError as error:
         answer["failure"] = f"{step}: {error.strerror or error}" + (" (ENODEV)" if error.errno == errno.ENODEV else "")
