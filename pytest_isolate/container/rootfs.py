@@ -132,7 +132,15 @@ class _Builder:
             libc.mount(target, target, None, libc.MS_BIND)  # a mount point, for pivot_root
             return
         if self.storage == "fuse":
-            storage.mount_fuse(lower, upper, work, target, squash=self.squash)
+            try:
+                storage.mount_fuse(lower, upper, work, target, squash=self.squash)
+            except ContainerError:
+                if op.target == "/":
+                    raise
+                # As below: fuse-overlayfs refuses some lowers (a 9p share in
+                # the VM lane): shown read-only rather than not at all.
+                libc.mount(op.source, target, None, libc.MS_BIND | libc.MS_REC)
+                remount_read_only(target)
             return
         try:
             libc.mount("overlay", target, "overlay", 0, options)
