@@ -103,21 +103,28 @@ def cgroups_writable() -> bool:
 
 
 def storage_driver(setting: str = "auto") -> str | None:
+    return storage_choice(setting)[0]
+
+
+def storage_choice(setting: str = "auto") -> tuple[str | None, str]:
+    """(the driver a test gets here, why): each tried by a trial mount, not read from a list."""
     from pytest_isolate.container import storage
     from pytest_isolate.errors import ContainerError
 
     try:
-        return storage.choose(setting)
-    except ContainerError:
-        return None
+        return storage.explain(setting)
+    except ContainerError as error:
+        return None, f"{error.reason}; {error.advice}" if error.advice else error.reason
 
 
 def summary_facts(storage_setting: str = "auto") -> dict[str, Any]:
     cgroups = cgroup_facts()
+    driver, why = storage_choice(storage_setting)
     return {
         "kernel": kernel(),
         "root": os.geteuid() == 0,
-        "storage_driver": storage_driver(storage_setting),
+        "storage_driver": driver,
+        "storage_why": why,
         "root_filesystem": root_filesystem(),
         "cgroup_version": cgroups["version"],
         "cgroup_controllers": cgroups["controllers"],

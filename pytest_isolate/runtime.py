@@ -171,7 +171,7 @@ class Runtime:
     def storage_driver(self) -> str:
         """isolate_storage, resolved once (auto: overlay, then fuse-overlayfs, then copy)."""
         if self._storage is None:
-            self._storage = storage.choose(str(self.config.getini("isolate_storage")))
+            self._storage = storage.choose(str(self.config.getini("isolate_storage")), rootless=self.rootless)
         return self._storage
 
     def userns_stage(self) -> str:

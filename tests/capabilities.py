@@ -23,6 +23,7 @@ ALL = (
     "netns",
     "rootless",
     "fuse_overlayfs",
+    "rootless_fuse",
     "mmdebstrap",
     "podman",
     "docker",
@@ -103,6 +104,12 @@ def has(capability: str) -> bool:
         return os.path.exists("/proc/self/ns/net")
     if capability == "fuse_overlayfs":
         return shutil.which("fuse-overlayfs") is not None and os.path.exists("/dev/fuse")
+    if capability == "rootless_fuse":
+        # Not root, and fuse-overlayfs can be run by us: the program, and
+        # /dev/fuse open to our user (root-only on some hosts).
+        from pytest_isolate.container.overlay_probe import fuse_usable
+
+        return os.geteuid() != 0 and fuse_usable()[0]
     if capability == "mmdebstrap":
         return shutil.which("mmdebstrap") is not None
     if capability == "rootless":

@@ -29,7 +29,9 @@ def test_contained_like_root(pytester: pytest.Pytester) -> None:
         @isolated
         def test_a_changes_things(tmp_path):
             assert os.getpid() == 2
-            assert sorted(int(p) for p in os.listdir("/proc") if p.isdigit()) == [1, 2]
+            # Besides init and the test, only the container's own fuse-overlayfs daemons (issue 11).
+            others = [p for p in os.listdir("/proc") if p.isdigit() and int(p) > 2]
+            assert {{open(f"/proc/{{p}}/comm").read().strip() for p in others}} <= {{"fuse-overlayfs"}}
             assert socket.gethostname() == "isolated"
             assert [name for _, name in socket.if_nameindex()] == ["lo"]
             with open({str(mine)!r}, "w") as handle:
@@ -285,3 +287,81 @@ def test_apparmor_userns_restriction_is_diagnosed(
         assert "\n".join(info).count("\n".join("  " + entry for entry in remedies)) == 1
         assert "  mem       no: AppArmor restricts unprivileged user namespaces here: see AppArmor Userns above for the three ways out" in info
     assert sorted(failure_lines(result)) == [f"ERROR test_rootless_here.py::test_{name} - {head}{reason}" for name in "ab"]
+
+
+WRITE_ANYWHERE = """
+import os, shutil
+from pytest_isolate import isolated
+
+@isolated
+def test_writes_and_deletes_root_s_files():
+    assert os.getpid() == 2 and open("/proc/1/comm").read().strip() == "pytest-isolate-init"  # inside, or stop
+    os.makedirs("/usr/share/pytest-isolate-x")
+    shutil.rmtree("/usr/share/doc")
+    assert not os.path.exists("/usr/share/doc") and os.path.isdir("/usr/share/pytest-isolate-x")
+    with open("/usr/share/pytest-isolate-x/f", "w") as handle:
+        handle.write("made")
+"""
+
+
+@pytest.mark.requires("rootless_fuse")
+def test_a_test_may_write_and_delete_anywhere_as_under_root(pytester: pytest.Pytester) -> None:
+    """Rootless with fuse-overlayfs (squash_to_root): the host root's files are the container root's."""
+    assert os.path.isdir("/usr/share/doc")
+    pytester.makepyfile(WRITE_ANYWHERE)
+    run(pytester, "-o", "isolate_storage=fuse").assert_outcomes(passed=1)
+    assert os.path.isdir("/usr/share/doc") and not os.path.exists("/usr/share/pytest-isolate-x")
+
+
+def test_info_names_the_storage_driver_and_why() -> None:
+    import subprocess
+    import sys
+
+    from pytest_isolate.container.overlay_probe import fuse_usable
+
+    output = subprocess.run([sys.executable, "-m", "pytest_isolate.cli", "info"], capture_output=True, text=True, check=True).stdout
+    lines = output.splitlines()
+    where = lines.index(next(line for line in lines if line.startswith(" Storage Driver: ")))
+    from pytest_isolate.container.overlay_probe import probe
+
+    usable, why_not = fuse_usable()
+    kernel = probe(True)
+    if kernel.usable:
+        assert lines[where : where + 2] == [
+            " Storage Driver: overlay",
+            "  Why: the kernel's overlay in a user namespace: the test cannot change or delete the host root's files; "
+            "isolate_storage = fuse lets it (fuse-overlayfs with squash_to_root, slower)"
+            + ("" if usable else f"; fuse-overlayfs cannot be used here: {why_not}"),
+        ]
+    elif usable:
+        assert lines[where : where + 2] == [
+            " Storage Driver: fuse",
+            f"  Why: the kernel's overlay failed in a user namespace ({kernel.failure}); fuse-overlayfs with squash_to_root: "
+            "rootless, every file is the container root's, so a test may change or delete any file, as under root",
+        ]
+    else:
+        assert lines[where] == " Storage Driver: none"
+
+
+def _kernel_overlay_in_userns_fails() -> bool:
+    from pytest_isolate.container.overlay_probe import probe
+
+    return os.geteuid() != 0 and not probe(True).usable
+
+
+@pytest.mark.skipif(not _kernel_overlay_in_userns_fails(), reason="the kernel's overlay works in a user namespace here")
+def test_a_kernel_overlay_that_cannot_write_is_refused_with_the_cause(pytester: pytest.Pytester) -> None:
+    """Linux < 6.6: tmpfs lacks user.* xattrs, and a userxattr overlay on it fails with EIO (issue 11)."""
+    from pytest_isolate.container.overlay_probe import fuse_usable, probe
+
+    found = probe(True)
+    pytester.makepyfile("from pytest_isolate import isolated\n\n@isolated\ndef test_it():\n    pass\n")
+    (line,) = failure_lines(run(pytester, "-o", "isolate_storage=overlay"))
+    assert line == (
+        "ERROR test_a_kernel_overlay_that_cannot_write_is_refused_with_the_cause.py::test_it - pytest-isolate could not "
+        f"build the container's filesystem: pytest runs as uid {os.geteuid()}, and a trial overlay in a user namespace "
+        f"failed: {found.failure}"
+        + ("" if found.tmpfs_user_xattrs else "; this kernel's tmpfs takes no user.* xattrs (Linux 6.6 adds them), "
+           "which the kernel's overlay needs in a user namespace")
+        + (f"; fuse-overlayfs, the other way, cannot be used: {fuse_usable()[1]}" if not fuse_usable()[0] else "")
+    )

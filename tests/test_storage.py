@@ -83,3 +83,20 @@ def test_unknown_driver(pytester: pytest.Pytester) -> None:
     # Refused when pytest starts, before any test runs.
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert result.errlines[0] == "ERROR: ini option isolate_storage = zfs is invalid: expected one of auto, overlay, fuse, copy"
+
+
+@pytest.mark.requires("overlay")
+def test_overlay_is_found_by_trying_a_mount() -> None:
+    """A stock Debian kernel lists overlay in /proc/filesystems only once a mount loaded the module (issue 11)."""
+    from pytest_isolate.container import overlay_probe, storage
+
+    overlay_probe.probe.cache_clear()
+    found = overlay_probe.probe(os.geteuid() != 0)
+    assert found.mounts
+    # Rootless before Linux 6.6 (tmpfs without user.* xattrs) the overlay mounts but cannot write.
+    writes = os.geteuid() == 0 or found.tmpfs_user_xattrs
+    assert (found.writes, found.failure == "") == (writes, writes), found
+    with open("/proc/filesystems", encoding="ascii") as handle:
+        assert "overlay" in {line.split()[-1] for line in handle if line.split()}
+    if os.geteuid() == 0:
+        assert storage.explain("auto", rootless=False) == ("overlay", "the kernel's overlayfs")

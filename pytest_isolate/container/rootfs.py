@@ -76,6 +76,9 @@ class _Builder:
         # Overlay in a user namespace must keep its whiteouts and opaque
         # marks in user.* xattrs: trusted.* are root's of the host only.
         self.overlay_extra = ",userxattr" if rootless else ""
+        # fuse-overlayfs in a user namespace: the host root's files shown as
+        # the container root's, so the test may change them (issue 11).
+        self.squash = rootless
         self.root = os.path.join(stage, NEW_ROOT)
         self.layers = 0
         self.injected = False  # whether a lower layer of injected files exists
@@ -140,7 +143,15 @@ class _Builder:
             libc.mount(target, target, None, libc.MS_BIND)  # a mount point, for pivot_root
             return
         if self.storage == "fuse":
-            storage.mount_fuse(lower, upper, work, target)
+            try:
+                storage.mount_fuse(lower, upper, work, target, squash=self.squash)
+            except ContainerError:
+                if op.target == "/":
+                    raise
+                # As below: fuse-overlayfs refuses some lowers (a 9p share in
+                # the VM lane): shown read-only rather than not at all.
+                libc.mount(op.source, target, None, libc.MS_BIND | libc.MS_REC)
+                remount_read_only(target)
             return
         try:
             libc.mount("overlay", target, "overlay", 0, options)

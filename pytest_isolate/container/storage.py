@@ -8,7 +8,9 @@
   images and directories only (never the host's root).
 
 ``isolate_storage = auto`` (the default) takes the first that works here,
-in that order; a value forces one.
+in that order (rootless: fuse-overlayfs first, see :func:`choose`); a value
+forces one.  "Works" is tried, not read from /proc/filesystems (see
+overlay_probe).
 """
 
 from __future__ import annotations
@@ -18,50 +20,113 @@ import shutil
 import stat
 import subprocess
 
+from pytest_isolate.container import overlay_probe
 from pytest_isolate.errors import ContainerError
 
 DRIVERS = ("overlay", "fuse", "copy")
 
 
-def kernel_overlay_available() -> bool:
-    try:
-        with open("/proc/filesystems", encoding="ascii") as handle:
-            return any(line.split()[-1] == "overlay" for line in handle if line.split())
-    except OSError:
-        return False
+def kernel_overlay_available(rootless: bool | None = None) -> bool:
+    """Whether a kernel overlay works here as a container uses it (tried, not read from a list)."""
+    return overlay_probe.probe(_rootless(rootless)).usable
 
 
 def fuse_overlayfs() -> str | None:
-    path = shutil.which("fuse-overlayfs")
-    return path if path and os.path.exists("/dev/fuse") else None
+    path = overlay_probe.fuse_overlayfs_binary()
+    return path if path and overlay_probe.fuse_usable()[0] else None
 
 
-def choose(setting: str) -> str:
-    """The driver for ``isolate_storage``; raises ContainerError for one this host lacks."""
+def _rootless(rootless: bool | None) -> bool:
+    return os.geteuid() != 0 if rootless is None else rootless
+
+
+def choose(setting: str, rootless: bool | None = None) -> str:
+    """The driver for ``isolate_storage``; raises ContainerError for one this host lacks.
+
+    Rootless, ``auto`` takes the kernel's overlay where a trial one can
+    write: in a user namespace it leaves the host root's files as they are
+    to this user (a test cannot delete ``/usr/share/doc`` or make
+    ``/usr/share/x``).  ``isolate_storage = fuse`` mounts fuse-overlayfs with
+    ``squash_to_root`` instead, which lets a test change and delete anything,
+    as under root, at the cost of a FUSE daemon per mount and every file
+    access through it (issue 11, measured in README).  Where the kernel's
+    overlay cannot write (tmpfs without user.* xattrs, Linux < 6.6), auto
+    takes fuse-overlayfs.
+    """
+    return explain(setting, rootless)[0]
+
+
+def explain(setting: str, rootless: bool | None = None) -> tuple[str, str]:
+    """(driver, why), for ``pytest-isolate info``; raises ContainerError as :func:`choose` does."""
     setting = (setting or "auto").strip()
-    if setting == "auto":
-        if kernel_overlay_available():
-            return "overlay"
-        return "fuse" if fuse_overlayfs() else "copy"
-    if setting not in DRIVERS:
+    rootless = _rootless(rootless)
+    if setting not in ("auto", *DRIVERS):
         raise ContainerError(
             "choose a storage driver",
             f"isolate_storage = {setting} is not one of auto, {', '.join(DRIVERS)}",
             "set isolate_storage to one of them",
         )
-    if setting == "overlay" and not kernel_overlay_available():
-        raise ContainerError("use kernel overlayfs", "this kernel has no overlay filesystem", "modprobe overlay, or isolate_storage = fuse")
-    if setting == "fuse" and not fuse_overlayfs():
-        raise ContainerError("use fuse-overlayfs", "fuse-overlayfs or /dev/fuse is missing", "apt-get install fuse-overlayfs")
-    return setting
+    kernel = overlay_probe.probe(rootless)
+    fuse, no_fuse = overlay_probe.fuse_usable()
+    if setting == "auto" and rootless:
+        if kernel.usable:
+            return "overlay", ROOTLESS_KERNEL_WHY + ("" if fuse else f"; fuse-overlayfs cannot be used here: {no_fuse}")
+        if fuse:
+            return "fuse", f"the kernel's overlay failed in a user namespace ({kernel.failure}); {ROOTLESS_FUSE_WHY}"
+        raise _rootless_refused(kernel, no_fuse)
+    if setting == "auto":
+        if kernel.usable:
+            return "overlay", "the kernel's overlayfs"
+        if fuse:
+            return "fuse", f"the kernel's overlay failed ({kernel.failure})"
+        return "copy", f"the kernel's overlay failed ({kernel.failure}) and {no_fuse}"
+    if setting == "overlay" and not kernel.usable:
+        if rootless and kernel.mounts:
+            raise _rootless_refused(kernel, no_fuse)
+        raise ContainerError("use kernel overlayfs", f"a trial overlay failed: {kernel.failure}", "modprobe overlay, or isolate_storage = fuse")
+    if setting == "fuse" and not fuse:
+        raise ContainerError("use fuse-overlayfs", no_fuse, "apt-get install fuse-overlayfs, and let this user open /dev/fuse")
+    return setting, "isolate_storage = " + setting
 
 
-def mount_fuse(lowers: str, upper: str, work: str, target: str) -> None:
-    """fuse-overlayfs over ``target`` (``lowers`` already escaped and joined)."""
+ROOTLESS_FUSE_WHY = (
+    "fuse-overlayfs with squash_to_root: rootless, every file is the container root's, "
+    "so a test may change or delete any file, as under root"
+)
+ROOTLESS_KERNEL_WHY = (
+    "the kernel's overlay in a user namespace: the test cannot change or delete the host root's files; "
+    "isolate_storage = fuse lets it (fuse-overlayfs with squash_to_root, slower)"
+)
+
+
+def _rootless_refused(kernel: overlay_probe.OverlayProbe, no_fuse: str) -> ContainerError:
+    old_tmpfs = "" if kernel.tmpfs_user_xattrs else (
+        f"; this kernel's tmpfs takes no user.* xattrs (Linux {overlay_probe.TMPFS_USER_XATTRS} adds them), "
+        "which the kernel's overlay needs in a user namespace"
+    )
+    if no_fuse:
+        other = f"; fuse-overlayfs, the other way, cannot be used: {no_fuse}"
+        advice = "install fuse-overlayfs and let this user open /dev/fuse (mode 0666 on most distributions), or run pytest as root"
+    else:
+        other, advice = "", "isolate_storage = auto or fuse: fuse-overlayfs works here"
+    return ContainerError(
+        "build the container's filesystem",
+        f"pytest runs as uid {os.geteuid()}, and a trial overlay in a user namespace failed: {kernel.failure}{old_tmpfs}{other}",
+        advice,
+    )
+
+
+def mount_fuse(lowers: str, upper: str, work: str, target: str, *, squash: bool = False) -> None:
+    """fuse-overlayfs over ``target`` (``lowers`` already escaped and joined).
+
+    ``squash``: every file shows as owned by the container's root
+    (``squash_to_root``): rootless, root of the user namespace then has the
+    power over the host root's files that root has in a root-mode container.
+    """
     binary = fuse_overlayfs()
     if binary is None:
-        raise ContainerError("mount fuse-overlayfs", "fuse-overlayfs or /dev/fuse is missing", "apt-get install fuse-overlayfs")
-    options = f"lowerdir={lowers},upperdir={upper},workdir={work}"
+        raise ContainerError("mount fuse-overlayfs", overlay_probe.fuse_usable()[1], "apt-get install fuse-overlayfs")
+    options = f"lowerdir={lowers},upperdir={upper},workdir={work}" + (",squash_to_root" if squash else "")
     result = subprocess.run([binary, "-o", options, target], capture_output=True, text=True)
     if result.returncode != 0:
         raise ContainerError("mount fuse-overlayfs", f"on {target}: {result.stderr.strip()}", "")
