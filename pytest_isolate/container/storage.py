@@ -43,15 +43,16 @@ def _rootless(rootless: bool | None) -> bool:
 def choose(setting: str, rootless: bool | None = None) -> str:
     """The driver for ``isolate_storage``; raises ContainerError for one this host lacks.
 
-    Rootless, ``auto`` takes the kernel's overlay where a trial one can
-    write: in a user namespace it leaves the host root's files as they are
-    to this user (a test cannot delete ``/usr/share/doc`` or make
-    ``/usr/share/x``).  ``isolate_storage = fuse`` mounts fuse-overlayfs with
-    ``squash_to_root`` instead, which lets a test change and delete anything,
-    as under root, at the cost of a FUSE daemon per mount and every file
-    access through it (issue 11, measured in README).  Where the kernel's
-    overlay cannot write (tmpfs without user.* xattrs, Linux < 6.6), auto
-    takes fuse-overlayfs.
+    Rootless, ``auto`` takes fuse-overlayfs with ``squash_to_root`` where
+    this user may use it: every file is then the container root's, so a test
+    may change or delete anything, ``/usr`` included, exactly as under root
+    (issue 11).  It costs a FUSE daemon per mount and every file access
+    through it (measured in README); ``isolate_storage = overlay`` takes the
+    kernel's overlay instead, faster, but in a user namespace the host
+    root's files are nobody's there and stay as they are (a test cannot
+    delete ``/usr/share/doc`` or make ``/usr/share/x``).  Without a usable
+    fuse-overlayfs, auto takes the kernel's overlay where a trial one can
+    write (not on Linux < 6.6, whose tmpfs lacks user.* xattrs).
     """
     return explain(setting, rootless)[0]
 
@@ -69,10 +70,12 @@ def explain(setting: str, rootless: bool | None = None) -> tuple[str, str]:
     kernel = overlay_probe.probe(rootless)
     fuse, no_fuse = overlay_probe.fuse_usable()
     if setting == "auto" and rootless:
-        if kernel.usable:
-            return "overlay", ROOTLESS_KERNEL_WHY + ("" if fuse else f"; fuse-overlayfs cannot be used here: {no_fuse}")
+        if fuse and kernel.usable:
+            return "fuse", f"{ROOTLESS_FUSE_WHY}; isolate_storage = overlay is faster, but there {ROOTLESS_KERNEL_LIMIT}"
         if fuse:
-            return "fuse", f"the kernel's overlay failed in a user namespace ({kernel.failure}); {ROOTLESS_FUSE_WHY}"
+            return "fuse", f"{ROOTLESS_FUSE_WHY}; the kernel's overlay failed in a user namespace ({kernel.failure})"
+        if kernel.usable:
+            return "overlay", f"the kernel's overlay in a user namespace: {ROOTLESS_KERNEL_LIMIT}; fuse-overlayfs, which would let it, cannot be used here: {no_fuse}"
         raise _rootless_refused(kernel, no_fuse)
     if setting == "auto":
         if kernel.usable:
@@ -93,10 +96,7 @@ ROOTLESS_FUSE_WHY = (
     "fuse-overlayfs with squash_to_root: rootless, every file is the container root's, "
     "so a test may change or delete any file, as under root"
 )
-ROOTLESS_KERNEL_WHY = (
-    "the kernel's overlay in a user namespace: the test cannot change or delete the host root's files; "
-    "isolate_storage = fuse lets it (fuse-overlayfs with squash_to_root, slower)"
-)
+ROOTLESS_KERNEL_LIMIT = "the test cannot change or delete the host root's files (they are nobody's in a user namespace)"
 
 
 def _rootless_refused(kernel: overlay_probe.OverlayProbe, no_fuse: str) -> ContainerError:
