@@ -142,14 +142,17 @@ def argument_support(facts: dict[str, Any], confined: dict[str, Any] | None = No
     userns = root or user_namespaces()["allowed"]
     container = storage and userns
     fix = " (see the flags below)" if confined and confined["command_line"] else ""
-    if not storage:
+    # The AppArmor restriction comes first: it also fails the trial overlay
+    # (no mount in the user namespace), so "no overlay" would send the user
+    # after the wrong cause.
+    if confined and not root and confined["apparmor_userns_restricted"]:
+        container = False
+        why_not = "AppArmor restricts unprivileged user namespaces here: see AppArmor Userns above for the three ways out"
+    elif not storage:
         why_not = "needs the overlay filesystem (modprobe overlay) or fuse-overlayfs"
     elif confined and root and confined["route"] is None:
         container = False
         why_not = "the kernel refuses both ways to build a container here (see Container Routes and the flags below)"
-    elif confined and not root and confined["apparmor_userns_restricted"]:
-        container = False
-        why_not = "AppArmor restricts unprivileged user namespaces here: see AppArmor Userns above for the three ways out"
     elif not userns:
         why_not = "needs root, or user namespaces for rootless containers (sysctl user.max_user_namespaces=15000)"
     else:

@@ -381,7 +381,7 @@ def test_a_kernel_overlay_that_cannot_write_is_refused_with_the_cause(pytester: 
         "ERROR test_a_kernel_overlay_that_cannot_write_is_refused_with_the_cause.py::test_it - pytest-isolate could not "
         f"build the container's filesystem: pytest runs as uid {os.geteuid()}, and a trial overlay in a user namespace "
         f"failed: {found.failure}"
-        + ("" if found.tmpfs_user_xattrs else "; this kernel's tmpfs takes no user.* xattrs (Linux 6.6 adds them), "
+        + ("" if found.tmpfs_user_xattrs is not False else "; this kernel's tmpfs takes no user.* xattrs (Linux 6.6 adds them), "
            "which the kernel's overlay needs in a user namespace")
         + (f"; fuse-overlayfs, the other way, cannot be used: {fuse_usable()[1]}" if not fuse_usable()[0] else "")
     )

@@ -94,7 +94,7 @@ def test_overlay_is_found_by_trying_a_mount() -> None:
     found = overlay_probe.probe(os.geteuid() != 0)
     assert found.mounts
     # Rootless before Linux 6.6 (tmpfs without user.* xattrs) the overlay mounts but cannot write.
-    writes = os.geteuid() == 0 or found.tmpfs_user_xattrs
+    writes = os.geteuid() == 0 or found.tmpfs_user_xattrs is True
     assert (found.writes, found.failure == "") == (writes, writes), found
     with open("/proc/filesystems", encoding="ascii") as handle:
         assert "overlay" in {line.split()[-1] for line in handle if line.split()}

@@ -38,7 +38,9 @@ class OverlayProbe:
 
     mounts: bool  # the kernel mounted an overlay (the module loaded, if it is one)
     writes: bool  # a new directory, a new file and a deleted lower file all worked
-    tmpfs_user_xattrs: bool  # tmpfs took a user.* xattr (rootless: what userxattr needs)
+    # tmpfs took a user.* xattr (rootless: what userxattr needs); None when
+    # the probe failed before it could try (no mount at all: not the cause).
+    tmpfs_user_xattrs: bool | None
     failure: str  # the step that failed, and the kernel's error; "" if none
 
     @property
@@ -58,7 +60,7 @@ def probe(in_user_namespace: bool) -> OverlayProbe:
             try:
                 answer = _try(base, in_user_namespace)
             except BaseException as error:  # noqa: BLE001 - anything at all is the answer
-                answer = {"mounts": False, "writes": False, "xattrs": False, "failure": f"probe: {error}"}
+                answer = {"mounts": False, "writes": False, "xattrs": None, "failure": f"probe: {error}"}
             os.write(write, json.dumps(answer).encode())
             os._exit(0)
         os.close(write)
@@ -75,13 +77,14 @@ def probe(in_user_namespace: bool) -> OverlayProbe:
     try:
         answer = json.loads(data)
     except ValueError:
-        answer = {"mounts": False, "writes": False, "xattrs": False, "failure": "probe: the child said nothing"}
-    return OverlayProbe(bool(answer["mounts"]), bool(answer["writes"]), bool(answer["xattrs"]), str(answer["failure"]))
+        answer = {"mounts": False, "writes": False, "xattrs": None, "failure": "probe: the child said nothing"}
+    xattrs = None if answer["xattrs"] is None else bool(answer["xattrs"])
+    return OverlayProbe(bool(answer["mounts"]), bool(answer["writes"]), xattrs, str(answer["failure"]))
 
 
 def _try(base: str, in_user_namespace: bool) -> dict[str, object]:
     """In the child: the namespaces, then the overlay; every mount vanishes with the child."""
-    answer: dict[str, object] = {"mounts": False, "writes": False, "xattrs": False, "failure": ""}
+    answer: dict[str, object] = {"mounts": False, "writes": False, "xattrs": None, "failure": ""}
     step = "create a user namespace"
     try:
         if in_user_namespace:
@@ -101,7 +104,7 @@ def _try(base: str, in_user_namespace: bool) -> dict[str, object]:
             os.setxattr(os.path.join(base, "upper"), "user.pytest-isolate", b"1")
             answer["xattrs"] = True
         except OSError:
-            pass  # only the diagnosis needs it; the writes below decide
+            answer["xattrs"] = False  # only the diagnosis needs it; the writes below decide
         step = "mount an overlay"
         options = f"lowerdir={base}/lower,upperdir={base}/upper,workdir={base}/work"
         libc.mount("overlay", f"{base}/merged", "overlay", 0, options + (",userxattr" if in_user_namespace else ""))

@@ -100,7 +100,7 @@ ROOTLESS_KERNEL_LIMIT = "the test cannot change or delete the host root's files 
 
 
 def _rootless_refused(kernel: overlay_probe.OverlayProbe, no_fuse: str) -> ContainerError:
-    old_tmpfs = "" if kernel.tmpfs_user_xattrs else (
+    old_tmpfs = "" if kernel.tmpfs_user_xattrs is not False else (
         f"; this kernel's tmpfs takes no user.* xattrs (Linux {overlay_probe.TMPFS_USER_XATTRS} adds them), "
         "which the kernel's overlay needs in a user namespace"
     )
