@@ -61,7 +61,8 @@ def test_timeout_kills_the_test_and_its_children(pytester: pytest.Pytester, host
     )
     started = time.monotonic()
     result = run(pytester)
-    assert time.monotonic() - started < 30
+    # The test and its child sleep for an hour: ending within minutes (under an emulator too) is the kill.
+    assert time.monotonic() - started < 600
     result.assert_outcomes(failed=1)
     assert failure_lines(result) == [
         "FAILED test_timeout_kills_the_test_and_its_children.py::test_hangs - "

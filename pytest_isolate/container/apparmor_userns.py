@@ -117,11 +117,12 @@ def bare_user_namespace_works() -> bool:
 
     pid = os.fork()
     if pid == 0:
+        status = 1
         try:
             libc.unshare(libc.CLONE_NEWUSER)
-        except OSError:
-            os._exit(1)
-        os._exit(0)
+            status = 0
+        finally:
+            os._exit(status)  # whatever happens, the child never returns into pytest
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status) == 0
 

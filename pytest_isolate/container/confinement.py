@@ -275,7 +275,8 @@ def _trial_steps(route: str, stage: str) -> None:  # pragma: no cover - runs in 
             os.write(answer_write, b"ok")
         except OSError as error:
             os.write(answer_write, f"{step}\n{error.errno or errno.EIO}".encode())
-        os._exit(0)
+        finally:
+            os._exit(0)  # whatever happens, the child never returns into pytest
     os.close(answer_write)
     answer = os.read(answer_read, 512)
     os.close(answer_read)

@@ -56,13 +56,15 @@ def probe(in_user_namespace: bool) -> OverlayProbe:
     try:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child reports through the pipe
-            os.close(read)
             try:
-                answer = _try(base, in_user_namespace)
-            except BaseException as error:  # noqa: BLE001 - anything at all is the answer
-                answer = {"mounts": False, "writes": False, "xattrs": None, "failure": f"probe: {error}"}
-            os.write(write, json.dumps(answer).encode())
-            os._exit(0)
+                os.close(read)
+                try:
+                    answer = _try(base, in_user_namespace)
+                except BaseException as error:  # noqa: BLE001 - anything at all is the answer
+                    answer = {"mounts": False, "writes": False, "xattrs": None, "failure": f"probe: {error}"}
+                os.write(write, json.dumps(answer).encode())
+            finally:
+                os._exit(0)  # whatever happens, the child never returns into pytest
         os.close(write)
         write = -1
         data = b""

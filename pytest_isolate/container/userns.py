@@ -49,13 +49,15 @@ def available() -> tuple[bool, str]:
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
-        os.close(read)
         try:
-            enter_as_root()
-            os.write(write, b"ok")
-        except OSError as error:
-            os.write(write, f"{error.strerror}".encode())
-        os._exit(0)
+            os.close(read)
+            try:
+                enter_as_root()
+                os.write(write, b"ok")
+            except OSError as error:
+                os.write(write, f"{error.strerror}".encode())
+        finally:
+            os._exit(0)  # whatever happens, the child never returns into pytest
     os.close(write)
     answer = os.read(read, 200).decode()
     os.close(read)
