@@ -40,6 +40,9 @@ class PreparedPidNamespace:
 
     def discard(self) -> None:
         """Unused: end init and reap it."""
+        # Off the pending set first: a number closed here is soon reused (a
+        # probe's pipe), and a fork's child would close that instead.
+        _pending.discard(self.descriptors())
         _close_all(self.descriptors())
         try:
             os.kill(self.init_pid, signal.SIGKILL)
