@@ -56,6 +56,7 @@ LIMITS_FALLBACK_HELP = (
     "in the report); empty (default): such a test fails with what to run to get delegation"
 )
 STORAGE_HELP = "storage driver: auto (default: overlay, else fuse-overlayfs, else copy), overlay, fuse or copy"
+PREPARE_HELP = "as root, build the next test's container while the current test runs (default true; false: each test builds its own)"
 IMAGES_HELP = "directories with your own image recipes (*.toml), searched before the built-in ones"
 CACHE_HELP = "where built image layers are kept (default: $PYTEST_ISOLATE_CACHE or ~/.cache/pytest-isolate)"
 JSON_HELP = "write every isolated test's limits, usage and outcome to this JSON file"
@@ -95,6 +96,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("isolate_limits_fallback", LIMITS_FALLBACK_HELP, default="")
     parser.addini("isolate_images", IMAGES_HELP, type="paths", default=[])
     parser.addini("isolate_storage", STORAGE_HELP, default="auto")
+    parser.addini("isolate_prepare", PREPARE_HELP, type="bool", default=True)
     parser.addini("isolate_cache", CACHE_HELP, default="")
     group.addoption("--isolate-json", metavar="PATH", default=None, help=JSON_HELP)
     group.addoption("--isolate-compare", metavar="OLD.json", default=None, help=COMPARE_HELP)

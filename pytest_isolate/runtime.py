@@ -27,7 +27,12 @@ from pytest_isolate.container.cgroups import CgroupBackend, TestCgroup, Usage, d
 from pytest_isolate.container.confinement import USERNS_ROUTE, Confinement, explain
 from pytest_isolate.container.confinement import probe as probe_confinement
 from pytest_isolate.container.hardening import Hardening
-from pytest_isolate.container.launcher import ContainerJob, run_rootless_launcher, run_test_process
+from pytest_isolate.container.launcher import (
+    ContainerJob,
+    run_prepared_test_process,
+    run_rootless_launcher,
+    run_test_process,
+)
 from pytest_isolate.container.lifecycle import ContainerProcesses, Graveyard, kill
 from pytest_isolate.container.mountinfo import read_mounts
 from pytest_isolate.container.mountplan import (
@@ -44,6 +49,7 @@ from pytest_isolate.container.network import hosts_file
 from pytest_isolate.container.prepared import PreparedPidNamespace
 from pytest_isolate.container.prepared import prepare as prepare_pid_namespace
 from pytest_isolate.container.prepared import take as take_prepared
+from pytest_isolate.container.preparer import Blueprint, Preparer
 from pytest_isolate.environment import EnvironmentPlanner
 from pytest_isolate.errors import ContainerError
 from pytest_isolate.forwarding import ReportRouting
@@ -107,6 +113,8 @@ class Runtime:
         # The PID namespace children go back to after each container.
         self.own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         self._prepared: PreparedPidNamespace | None = None
+        # As root, whole containers built ahead (see container.preparer).
+        self.preparer = Preparer() if bool(config.getini("isolate_prepare")) and not self.rootless else None
         self.stage = rootfs.ensure_stage_dir()
         if self.cgroups is not None and os.geteuid() == 0 and self.cgroups_writable():
             self.cleaned = self.cgroups.remove_stale_groups()
@@ -122,6 +130,8 @@ class Runtime:
         if self._prepared is not None:
             self._prepared.discard()
             self._prepared = None
+        if self.preparer is not None:
+            self.preparer.close()
         self.graveyard.sweep(block=True)
         if netsetup.created:
             from pytest_isolate.container.hostlink import wait_for_links_gone
@@ -316,12 +326,15 @@ class Runtime:
         capture = CaptureFiles(self.capture_plan, self.null_fd)
         report_read, report_write = os.pipe()
         userns = self.in_user_namespace(spec)
+        keep_layers = self.diff_wanted or self.keep_run_dir is not None
+        blueprint = self._blueprint(spec, plan, keep_layers=keep_layers)
         prepared = None
         if userns:  # the launcher spawns init, in the user namespace it makes
             init_read, processes.init_write = os.pipe()
-        else:  # made while the last test ran (see container.prepared)
-            prepared = self._take_prepared_pid_namespace()
+        else:  # made while the last test ran (see container.prepared, container.preparer)
+            prepared = self._take_prepared(blueprint)
             init_read, processes.init_write, processes.init_pid = -1, prepared.init_write, prepared.init_pid
+            processes.init_is_ours = prepared.init_is_ours
         # The launcher's word on the test's exit, on a pipe the test never holds.
         status_read, status_write = os.pipe() if userns else (-1, -1)
         # user=True as root: pytest writes the launcher's user map, in a handshake.
@@ -342,7 +355,7 @@ class Runtime:
             test_oom_score=self.test_oom_score,
             hardening=self.hardening,
             stage=self.stage if self.rootless or not userns else self.userns_stage(),
-            keep_layers=self.diff_wanted or self.keep_run_dir is not None,
+            keep_layers=keep_layers,
             rootless=userns,
             rlimits=rlimits_for(spec) if rlimits else (),
             user_sync=(mapping[0][1], mapping[1][0]) if mapping else None,
@@ -350,6 +363,7 @@ class Runtime:
             status_fd=status_write,
             inherit_fds=spec.inherit_fds,
             environment=self.environment.plan(spec.env),
+            joined=prepared.joined if prepared is not None else (),
         )
         started = time.monotonic()
         finished_cleanly = False
@@ -362,7 +376,7 @@ class Runtime:
                     mapping = None
             else:
                 assert prepared is not None
-                self._start_in_new_pid_namespace(job, processes, prepared)
+                self._start_in_new_pid_namespace(job, processes, prepared, blueprint)
             os.close(report_write)
             report_write = -1
             if status_write >= 0:
@@ -382,6 +396,8 @@ class Runtime:
             for fd in (report_write, init_read, report_read, status_write, *(fd for pair in mapping or () for fd in pair)):
                 if fd >= 0:
                     os.close(fd)
+            if prepared is not None:
+                prepared.close_namespace_fd()  # already closed, unless the fork never happened
             if not finished_cleanly:  # what a crashed test wrote and never reported
                 result.leftover_output = capture.leftover()
             capture.close()
@@ -440,30 +456,70 @@ class Runtime:
         advice = engines.advice(self.confinement, engines.detect()[0], writable)
         return ContainerError(stage, reason, (advice or "see `pytest-isolate info`") + also)
 
-    def _take_prepared_pid_namespace(self) -> PreparedPidNamespace:
-        prepared, self._prepared = self._prepared, None
-        if prepared is None:  # the first container, or the last preparation failed
+    def _blueprint(self, spec: IsolationSpec, plan: MountPlan, *, keep_layers: bool) -> Blueprint | None:
+        """What the preparer would build this container from; None: the test process builds it.
+
+        The preparer builds what needs nothing of the test's own process:
+        not a user namespace, a veth link or forwarded listeners (pytest's
+        handshakes with the test), held-open layers (--isolate-diff), or a
+        FUSE daemon or copied root, whose memory belongs in the test's cgroup.
+        """
+        if (
+            self.preparer is None
+            or self.preparer.disabled
+            or self.in_user_namespace(spec)
+            or keep_layers
+            or spec.net.mode not in ("none", "host")
+            or spec.net_rate is not None
+            or self.storage_driver() != "overlay"
+        ):
+            return None
+        hardening = self.hardening
+        return Blueprint(
+            ops=tuple(plan.ops),
+            stage=self.stage,
+            disk=spec.disk,
+            hostname=spec.hostname,
+            own_network=spec.net.own_namespace,
+            masked_files=hardening.masked_files,
+            masked_directories=hardening.masked_directories,
+            read_only=hardening.read_only,
+        )
+
+    def _take_prepared(self, blueprint: Blueprint | None) -> PreparedPidNamespace:
+        """The container built ahead for this blueprint, else the PID namespace made ahead."""
+        prepared = self.preparer.take(blueprint) if self.preparer is not None else None
+        if prepared is None:
+            prepared, self._prepared = self._prepared, None
+        if prepared is None:  # the first container, or the last preparation failed or did not fit
             prepared = prepare_pid_namespace(self.own_pid_namespace)
         take_prepared(prepared)
         return prepared
 
     def _start_in_new_pid_namespace(
-        self, job: ContainerJob, processes: ContainerProcesses, prepared: PreparedPidNamespace
+        self, job: ContainerJob, processes: ContainerProcesses, prepared: PreparedPidNamespace, blueprint: Blueprint | None
     ) -> None:
         """As root: the test process, forked straight into a PID namespace where init already runs."""
         libc.setns(prepared.namespace_fd, libc.CLONE_NEWPID)
         try:
-            processes.test_pid = _fork(run_test_process, job)
+            processes.test_pid = _fork(run_prepared_test_process if prepared.joined else run_test_process, job)
         finally:
             # Later children of this thread (subprocesses a fixture starts)
             # must stay in pytest's own PID namespace.
             libc.setns(self.own_pid_namespace, libc.CLONE_NEWPID)
             prepared.close_namespace_fd()
-        # The next container's namespace and init, while this test builds its own.
-        try:
-            self._prepared = prepare_pid_namespace(self.own_pid_namespace)
-        except OSError:
-            self._prepared = None  # the next launch tries again, and reports what fails
+        # The next container, while this test runs: the whole of it, built
+        # to this test's blueprint (the next test's, nearly always), or its
+        # PID namespace and init.
+        if blueprint is not None and self.preparer is not None:
+            self.preparer.request(blueprint)
+            if not self.preparer.disabled:
+                return
+        if self._prepared is None:
+            try:
+                self._prepared = prepare_pid_namespace(self.own_pid_namespace)
+            except OSError:
+                self._prepared = None  # the next launch tries again, and reports what fails
 
     @staticmethod
     def _watch(

@@ -236,7 +236,15 @@ class Hardening:
 
     def apply(self, extra_capabilities: frozenset[str]) -> None:
         """All of the above, in order.  The container must be fully built."""
+        self.mask()
+        self.restrict(extra_capabilities)
+
+    def mask(self) -> None:
+        """The masks over kernel paths: mounts, so part of building the container."""
         mask_kernel_paths(self.masked_files, self.masked_directories, self.read_only)
+
+    def restrict(self, extra_capabilities: frozenset[str]) -> None:
+        """What the test process itself gives up: capabilities, new privileges, syscalls."""
         keep = DEFAULT_CAPABILITIES | extra_capabilities
         drop_capabilities(keep, self.last_capability)
         set_no_new_privs()

@@ -127,6 +127,8 @@ class ContainerJob:
     status_fd: int = -1  # rootless: the launcher reports the test's wait status here, apart from the test
     inherit_fds: bool = False  # keep pytest's descriptors (trusted tests only)
     environment: EnvironmentPlan | None = None  # env=: the variables to drop (None: keep all)
+    # A container built ahead (``preparer``): its namespaces, (descriptor, CLONE_NEW*), to join.
+    joined: tuple[tuple[int, int], ...] = ()
 
 
 def run_test_process(job: ContainerJob) -> NoReturn:
@@ -143,6 +145,26 @@ def run_test_process(job: ContainerJob) -> NoReturn:
         job.net.after_unshare()
         stage_fd = _build_container(job, step)
     _run_test(job, stage_fd)
+
+
+def run_prepared_test_process(job: ContainerJob) -> NoReturn:
+    """As root: the forked test process, into a container the preparer built ahead."""
+    with _reported(job.channel) as step:
+        step("start the container")
+        _leave_pytest(job, parent=0)
+        step("join the test's cgroup")
+        if job.cgroup is not None:
+            job.cgroup.attach()
+        step("enter the container's namespaces")
+        cwd = os.getcwd()
+        for fd, kind in job.joined:  # the mount namespace last: it moves us to its root
+            libc.setns(fd, kind)
+            os.close(fd)
+        if job.cgroup is not None:
+            libc.unshare(libc.CLONE_NEWCGROUP)
+        _enter_working_directory(cwd)
+        _settle(job, step)
+    _run_test(job, None)
 
 
 def run_rootless_launcher(job: ContainerJob) -> NoReturn:
@@ -218,6 +240,7 @@ def _leave_pytest(job: ContainerJob, *, parent: int) -> None:
 
 def _descriptors_needed(job: ContainerJob) -> tuple[int, ...]:
     needed = [*job.capture.kept_fds(), job.channel.fd, job.status_fd, *job.net.container_fds()]
+    needed += [fd for fd, _ in job.joined]
     if job.rootless:  # the launcher starts init and may wait for its user map
         needed += [job.init_pipe_read, *(job.user_sync or ())]
     return tuple(needed)
@@ -239,6 +262,18 @@ def _build_container(job: ContainerJob, step) -> int | None:  # type: ignore[no-
     stage_fd = rootfs.build_root(
         job.plan, job.stage, spec.disk, keep_stage=job.keep_layers, rootless=job.rootless, storage_driver=job.storage
     )
+    _enter_working_directory(cwd)
+    step("set up the container's hostname and network")
+    sysfiles.set_hostname(spec.hostname)
+    if spec.net.own_namespace:
+        job.net.configure_inside()
+    step("drop the test's privileges")
+    job.hardening.mask()
+    _settle(job, step)
+    return stage_fd
+
+
+def _enter_working_directory(cwd: str) -> None:
     try:
         os.chdir(cwd)
     except PermissionError:
@@ -247,18 +282,17 @@ def _build_container(job: ContainerJob, step) -> int | None:  # type: ignore[no-
             f"{cwd} is not reachable by the container's user (uid {userns.NOBODY} outside, with user=True)",
             "run pytest from a directory every user may enter, or drop user=True",
         ) from None
-    step("set up the container's hostname and network")
-    sysfiles.set_hostname(spec.hostname)
-    if spec.net.own_namespace:
-        job.net.configure_inside()
+
+
+def _settle(job: ContainerJob, step) -> None:  # type: ignore[no-untyped-def]
+    """The test process's own part, once the container is built: limits, then privileges dropped."""
     _raise_oom_score(job.test_oom_score)
     for limit, value in job.rlimits:
         resource.setrlimit(limit, (value, value))
     step("drop the test's privileges")
-    job.hardening.apply(spec.caps)
+    job.hardening.restrict(job.spec.caps)
     if job.environment is not None:
         job.environment.apply()
-    return stage_fd
 
 
 class _reported:

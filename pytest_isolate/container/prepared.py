@@ -6,6 +6,10 @@ a PID namespace holding nothing but a fresh init.  So, as root, pytest
 makes the next one right after it forked the current test, and the next
 test's path is only ``setns`` + fork (see ``runtime.Runtime.launch``).
 
+As root, with a blueprint to follow, the whole container is built ahead
+too, by ``preparer``: then its other namespaces (``joined``) come with it,
+and its init is the preparer's child, not ours.
+
 Each prepared namespace is used by exactly one container and its init
 lives only as long as its pipe: nothing of one test reaches the next.
 Until it is used, its descriptors are closed in every other fork (a
@@ -28,22 +32,31 @@ class PreparedPidNamespace:
     init_pid: int
     init_write: int  # closing it ends init, and with it the namespace
     namespace_fd: int  # /proc/<init>/ns/pid: setns here, then fork, and the child is PID 2
+    # A container built ahead: its other namespaces, (descriptor, CLONE_NEW*),
+    # which the test process joins instead of making its own.
+    joined: tuple[tuple[int, int], ...] = ()
+    init_is_ours: bool = True  # False: the preparer's child, which it reaps
 
     def descriptors(self) -> tuple[int, ...]:
-        return tuple(fd for fd in (self.init_write, self.namespace_fd) if fd >= 0)
+        fds = (self.init_write, self.namespace_fd, *(fd for fd, _ in self.joined))
+        return tuple(fd for fd in fds if fd >= 0)
 
     def close_namespace_fd(self) -> None:
-        """After the test's fork: the namespace lives on in its processes."""
-        _pending.discard((self.namespace_fd,))
-        _close_all((self.namespace_fd,))
+        """After the test's fork: the namespaces live on in its processes."""
+        fds = (self.namespace_fd, *(fd for fd, _ in self.joined))
+        pending.discard(fds)
+        _close_all(fds)
         self.namespace_fd = -1
+        self.joined = ()
 
     def discard(self) -> None:
-        """Unused: end init and reap it."""
+        """Unused: end init (and reap it, if it is ours)."""
         # Off the pending set first: a number closed here is soon reused (a
         # probe's pipe), and a fork's child would close that instead.
-        _pending.discard(self.descriptors())
+        pending.discard(self.descriptors())
         _close_all(self.descriptors())
+        if not self.init_is_ours:
+            return  # it reads end-of-file on its pipe and exits; the preparer reaps it
         try:
             os.kill(self.init_pid, signal.SIGKILL)
             os.waitpid(self.init_pid, 0)
@@ -62,21 +75,22 @@ def prepare(own_pid_namespace: int) -> PreparedPidNamespace:
         os.close(init_read)
     namespace_fd = os.open(f"/proc/{init_pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     prepared = PreparedPidNamespace(init_pid, init_write, namespace_fd)
-    _pending.add(prepared.descriptors())
+    pending.add(prepared.descriptors())
     return prepared
 
 
 def take(prepared: PreparedPidNamespace) -> None:
     """From here on the launch owns init's pipe (the test process closes it itself, pytest at the end).
 
-    The namespace's descriptor stays pending, so that the test's own fork
-    closes it in the child; ``close_namespace_fd`` closes it in pytest.
+    The PID namespace's descriptor stays pending, so that the test's own
+    fork closes it in the child; ``close_namespace_fd`` closes it in pytest.
+    The test process joins the others itself.
     """
-    _pending.discard((prepared.init_write,))
+    pending.discard((prepared.init_write, *(fd for fd, _ in prepared.joined)))
 
 
 class _Pending:
-    """The descriptors of namespaces not yet used, closed in the child of any fork."""
+    """Descriptors closed in the child of any fork: namespaces not yet used, the preparer's socket."""
 
     def __init__(self) -> None:
         self.fds: set[int] = set()
@@ -101,4 +115,4 @@ def _close_all(fds: tuple[int, ...]) -> None:
             pass
 
 
-_pending = _Pending()
+pending = _Pending()

@@ -1,0 +1,333 @@
+"""Whole containers built ahead of their test, by a small process of their own.
+
+Building a container - its namespaces, the root's mounts, ``/proc``, the
+hostname, loopback, the masks over kernel paths - does not depend on which
+test will use it, only on its *blueprint*.  Done in the test's own process it
+costs 5-7 ms per test (19 ms with 60 host mounts), and every page of pytest's
+heap that the Python code touches on the way is copied.  So, as root, a
+*preparer* builds the next container while the current test runs:
+
+    pytest ── preparer: a fresh interpreter, started once per session,
+              │         a few MB, knowing nothing of pytest
+              └── init: PID 1 of the next container.  It makes the mount,
+                        UTS, IPC and network namespaces, builds the root
+                        (``rootfs.build_root``), sets the hostname, brings up
+                        loopback and masks the kernel paths, then becomes the
+                        usual shell init (``launcher.INIT_SCRIPT``).
+
+The preparer hands pytest descriptors of the five namespaces and the write
+end of init's pipe, and closes its own copy: as with every container, only
+pytest holds it, and when pytest lets go (or dies, even by SIGKILL) init
+exits and the kernel ends the namespace.  The test's path is then a fork
+into that PID namespace, the cgroup, five ``setns`` and the dropping of
+privileges (``launcher.run_prepared_test_process``).
+
+Each prepared container is used by exactly one test, or thrown away: the
+prediction is that the next test's blueprint equals the current one's,
+which holds in nearly every suite.  A preparer that fails or stalls costs
+only speed: the test builds its own container, as without one, and reports
+what fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from pytest_isolate.container import hardening, libc, network, rootfs, sysfiles
+from pytest_isolate.container.launcher import INIT_NAME, INIT_SCRIPT
+from pytest_isolate.container.mountplan import MountOp, MountPlan
+from pytest_isolate.container.prepared import PreparedPidNamespace, pending
+
+# A blueprint (the mount plan, mostly) travels as one datagram: a plan that
+# does not fit (a hook's huge injected file) is simply not prepared.
+MAX_BLUEPRINT_BYTES = 1 << 20
+MAX_REPLY_BYTES = 64 << 10
+# How long a container may take to build before the preparer gives up on it
+# (seconds under an emulator; milliseconds here).
+BUILD_SECONDS = 60.0
+# How long pytest waits, at the next test, for a container still being built.
+TAKE_SECONDS = 60.0
+# After this many failed preparations in a row, stop trying for the session.
+FAILURES_BEFORE_GIVING_UP = 3
+
+NAMESPACE_FLAGS = (
+    ("pid", libc.CLONE_NEWPID),
+    ("uts", libc.CLONE_NEWUTS),
+    ("ipc", libc.CLONE_NEWIPC),
+    ("net", libc.CLONE_NEWNET),
+    ("mnt", libc.CLONE_NEWNS),  # last: setns into it changes the root and the working directory
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Blueprint:
+    """What a container is built from: equal blueprints, identical containers."""
+
+    ops: tuple[MountOp, ...]
+    stage: str
+    disk: int
+    hostname: str
+    own_network: bool
+    masked_files: tuple[str, ...]
+    masked_directories: tuple[str, ...]
+    read_only: tuple[str, ...]
+
+    def encode(self) -> bytes:
+        # By hand, not dataclasses.asdict: this runs once per test, in pytest.
+        ops = [[op.kind, op.target, op.source, op.readonly, op.size, op.layers] for op in self.ops]
+        fields = [ops, self.stage, self.disk, self.hostname, self.own_network]
+        return json.dumps([*fields, self.masked_files, self.masked_directories, self.read_only]).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Blueprint:
+        ops, stage, disk, hostname, own_network, masked_files, masked_directories, read_only = json.loads(data)
+        return cls(
+            ops=tuple(MountOp(kind, target, source, readonly, size, tuple(layers)) for kind, target, source, readonly, size, layers in ops),
+            stage=stage,
+            disk=disk,
+            hostname=hostname,
+            own_network=own_network,
+            masked_files=tuple(masked_files),
+            masked_directories=tuple(masked_directories),
+            read_only=tuple(read_only),
+        )
+
+
+class Preparer:
+    """pytest's side: asks for the next container, and takes it at the next test."""
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[bytes] | None = None
+        self._socket: socket.socket | None = None
+        self._awaited: Blueprint | None = None
+        self._failures = 0
+        self._encoded: tuple[Blueprint, bytes] | None = None
+        self.disabled = False
+
+    def request(self, blueprint: Blueprint) -> None:
+        """Have a container built for ``blueprint`` while the current test runs."""
+        if self.disabled or self._awaited is not None:
+            return
+        if self._encoded is None or self._encoded[0] != blueprint:  # the same as last time, nearly always
+            self._encoded = (blueprint, blueprint.encode())
+        data = self._encoded[1]
+        if len(data) > MAX_BLUEPRINT_BYTES:
+            return
+        try:
+            self._start()
+            assert self._socket is not None
+            self._socket.send(data)
+        except OSError:
+            self._give_up()
+            return
+        self._awaited = blueprint
+
+    def take(self, blueprint: Blueprint | None) -> PreparedPidNamespace | None:
+        """The container asked for, if it was built for ``blueprint``; None: build one in the test."""
+        awaited, self._awaited = self._awaited, None
+        if awaited is None:
+            return None
+        prepared = self._receive()
+        if prepared is not None and awaited != blueprint:
+            prepared.discard()
+            return None
+        return prepared
+
+    def close(self) -> None:
+        """At the session's end: throw away what was asked for, and end the preparer."""
+        prepared = self.take(None)
+        if prepared is not None:
+            prepared.discard()
+        self._stop()
+
+    # ------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._process is not None:
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-I", "-S", _MAIN, str(theirs.fileno()), str(os.getpid())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            )
+        finally:
+            theirs.close()
+        self._socket = ours
+        pending.add((ours.fileno(),))  # no test, fixture child or init may hold it
+
+    def _receive(self) -> PreparedPidNamespace | None:
+        assert self._socket is not None
+        try:
+            ready, _, _ = select.select([self._socket], [], [], TAKE_SECONDS)
+            if not ready:
+                raise TimeoutError
+            message, fds, _, _ = socket.recv_fds(self._socket, MAX_REPLY_BYTES, len(NAMESPACE_FLAGS) + 1)
+        except OSError:
+            self._give_up()
+            return None
+        prepared = _prepared_from(message, fds)
+        if prepared is None:
+            self._failures += 1
+            if self._failures >= FAILURES_BEFORE_GIVING_UP:
+                self._give_up()
+            return None
+        self._failures = 0
+        pending.add(prepared.descriptors())
+        return prepared
+
+    def _give_up(self) -> None:
+        """The preparer failed: the session's tests build their own containers."""
+        self.disabled = True
+        self._awaited = None
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._socket is not None:
+            pending.discard((self._socket.fileno(),))
+            self._socket.close()
+            self._socket = None
+        if self._process is not None:
+            try:
+                self._process.wait(timeout=5)  # it ends at the socket's end-of-file
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+
+
+def _prepared_from(message: bytes, fds: list[int]) -> PreparedPidNamespace | None:
+    """The preparer's reply: our own process's word, checked all the same."""
+    try:
+        reply = json.loads(message)
+        init_pid = int(reply["init_pid"])
+        kinds = [dict(NAMESPACE_FLAGS)[name] for name in reply["namespaces"]]
+    except (ValueError, KeyError, TypeError):
+        reply, init_pid, kinds = None, 0, []
+    if reply is None or len(fds) != len(kinds) + 1 or kinds[:1] != [libc.CLONE_NEWPID]:
+        for fd in fds:
+            os.close(fd)
+        return None
+    *namespace_fds, init_write = fds
+    return PreparedPidNamespace(
+        init_pid=init_pid,
+        init_write=init_write,
+        namespace_fd=namespace_fds[0],
+        joined=tuple(zip(namespace_fds[1:], kinds[1:])),
+        init_is_ours=False,
+    )
+
+
+_MAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "preparer_main.py")
+
+
+# ---------------------------------------------------------------- the preparer
+
+
+def serve(socket_fd: int, pytest_pid: int) -> None:
+    """The preparer's loop: one blueprint in, one container's descriptors out, until pytest goes."""
+    libc.set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != pytest_pid:
+        os._exit(0)
+    # Each init is our child until its container ends: the kernel reaps them.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    os.set_inheritable(socket_fd, False)
+    channel = socket.socket(fileno=socket_fd)
+    own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    while True:
+        try:
+            data = channel.recv(MAX_BLUEPRINT_BYTES)
+        except OSError:
+            return
+        if not data:
+            return
+        reply, fds = _build(Blueprint.decode(data), own_pid_namespace)
+        try:
+            socket.send_fds(channel, [reply], fds)
+        except OSError:
+            return
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+
+def _build(blueprint: Blueprint, own_pid_namespace: int) -> tuple[bytes, list[int]]:
+    life_read, life_write = os.pipe()
+    ready_read, ready_write = os.pipe()
+    libc.unshare(libc.CLONE_NEWPID)  # our next child is PID 1 of a new namespace
+    try:
+        init_pid = os.fork()
+        if init_pid == 0:
+            _become_init(blueprint, life_read, ready_write)
+    finally:
+        libc.setns(own_pid_namespace, libc.CLONE_NEWPID)
+        os.close(life_read)
+        os.close(ready_write)
+    answer = _read_answer(ready_read, time.monotonic() + BUILD_SECONDS)
+    fds: list[int] = []
+    names = [name for name, _ in NAMESPACE_FLAGS if name != "net" or blueprint.own_network]
+    try:
+        if answer != b"ok":  # init wrote why it failed, or stalled
+            raise OSError(answer.decode(errors="replace") or "init stalled")
+        fds = [os.open(f"/proc/{init_pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC) for name in names]
+    except OSError as error:
+        for fd in (*fds, life_write):
+            os.close(fd)
+        try:
+            os.kill(init_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return json.dumps({"error": str(error)}).encode(), []
+    return json.dumps({"init_pid": init_pid, "namespaces": names}).encode(), [*fds, life_write]
+
+
+def _become_init(blueprint: Blueprint, life_read: int, ready_write: int) -> None:
+    """PID 1 of the new container: build it, then wait, as a shell, for pytest to let go."""
+    try:
+        flags = libc.CLONE_NEWNS | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC
+        libc.unshare(flags | (libc.CLONE_NEWNET if blueprint.own_network else 0))
+        rootfs.build_root(MountPlan(list(blueprint.ops)), blueprint.stage, blueprint.disk)
+        sysfiles.set_hostname(blueprint.hostname)
+        if blueprint.own_network:
+            network.bring_up_loopback()
+        hardening.mask_kernel_paths(blueprint.masked_files, blueprint.masked_directories, blueprint.read_only)
+        os.dup2(life_read, 0)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        os.write(ready_write, b"ok")
+        os.execv("/bin/sh", [INIT_NAME, "-c", INIT_SCRIPT])
+    except BaseException as error:
+        try:
+            os.write(ready_write, f" {type(error).__name__}: {error}".encode())
+        finally:
+            os._exit(1)
+    finally:
+        os._exit(1)
+
+
+def _read_answer(fd: int, deadline: float) -> bytes:
+    """init's "ok", or why it failed; not waiting for its exec, which a spawned init needs as well."""
+    data = b""
+    try:
+        while len(data) < 4096 and data != b"ok":
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                return data + b" (timed out)"
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    return data
