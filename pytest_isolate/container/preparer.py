@@ -176,6 +176,9 @@ class Preparer:
         except OSError:
             self._give_up()
             return None
+        if not message and not fds:  # end-of-file: the preparer died
+            self._give_up()
+            return None
         prepared = _prepared_from(message, fds)
         if prepared is None:
             self._failures += 1

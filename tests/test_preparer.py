@@ -1,0 +1,351 @@
+"""Whole containers built ahead of their test by the preparer (container/preparer.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+
+import pytest
+from conftest import CONTAINER
+from helpers import CgroupSandbox, run, wait_for
+
+from pytest_isolate.container import libc, prepared, rootfs
+from pytest_isolate.container.hardening import Hardening
+from pytest_isolate.container.mountplan import MountOp, build_base_plan
+from pytest_isolate.container.network import hosts_file
+from pytest_isolate.container.preparer import Blueprint, Preparer
+
+pytestmark = pytest.mark.requires(*CONTAINER)
+
+DISK = 64 << 20
+MARKER = "/prepared-container-marker"
+
+
+def blueprint(hostname: str = "isolated", extra: tuple[MountOp, ...] = ()) -> Blueprint:
+    plan = build_base_plan(DISK)
+    plan.add_file("/etc/hosts", hosts_file(hostname))
+    hardening = Hardening.for_this_host()
+    return Blueprint(
+        ops=(*plan.ops, *extra),
+        stage=rootfs.ensure_stage_dir(),
+        disk=DISK,
+        hostname=hostname,
+        own_network=True,
+        masked_files=hardening.masked_files,
+        masked_directories=hardening.masked_directories,
+        read_only=hardening.read_only,
+    )
+
+
+@pytest.fixture
+def preparer():
+    made = Preparer()
+    yield made
+    made.close()
+
+
+def inside(container: prepared.PreparedPidNamespace, probe: Callable[[], dict]) -> dict:
+    """Run ``probe`` in a process forked into the container, as the test process enters it."""
+    own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    prepared.take(container)
+    read_end, write_end = os.pipe()
+    libc.setns(container.namespace_fd, libc.CLONE_NEWPID)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            answer = b"{}"
+            try:
+                for fd, kind in container.joined:
+                    libc.setns(fd, kind)
+                answer = json.dumps(probe()).encode()
+            except BaseException as error:
+                answer = json.dumps({"error": repr(error)}).encode()
+            finally:
+                os.write(write_end, answer)
+                os._exit(0)
+    finally:
+        libc.setns(own, libc.CLONE_NEWPID)
+        os.close(own)
+        container.close_namespace_fd()
+    os.close(write_end)
+    data = b""
+    while chunk := os.read(read_end, 65536):
+        data += chunk
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    return json.loads(data)
+
+
+def what_the_test_sees() -> dict:
+    import socket
+
+    with open("/proc/1/cmdline", "rb") as handle:
+        init = handle.read().split(b"\0")[0].decode()
+    seen = {"pid": os.getpid(), "init": init}
+    # Only in a container of ours may the probe write to its root.
+    if seen == {"pid": 2, "init": "pytest-isolate-init"}:
+        seen["marker_before"] = os.path.exists(MARKER)
+        with open(MARKER, "w") as handle:
+            handle.write("written in a prepared container")
+    with open("/proc/self/mountinfo") as own, open("/proc/1/mountinfo") as inits:
+        seen["init_shares_the_mounts"] = own.read() == inits.read()
+    root = [line.split(" - ")[1].split()[0] for line in open("/proc/self/mountinfo") if line.split()[4] == "/"]
+    seen.update(hostname=socket.gethostname(), links=sorted(os.listdir("/sys/class/net")), root=root)
+    return seen
+
+
+def test_a_container_built_ahead_is_whole_and_used_once(preparer: Preparer) -> None:
+    wanted = blueprint()
+    for _ in range(2):
+        preparer.request(wanted)
+        container = preparer.take(wanted)
+        assert container is not None
+        assert not container.init_is_ours
+        assert [kind for _, kind in container.joined] == [
+            libc.CLONE_NEWUTS,
+            libc.CLONE_NEWIPC,
+            libc.CLONE_NEWNET,
+            libc.CLONE_NEWNS,
+        ]
+        seen = inside(container, what_the_test_sees)
+        assert seen == {
+            "pid": 2,
+            "init": "pytest-isolate-init",
+            "marker_before": False,  # the first container's write did not reach the second
+            "init_shares_the_mounts": True,
+            "hostname": "isolated",
+            "links": ["lo"],
+            "root": ["overlay"],
+        }
+        container.discard()  # pytest lets go: init ends, and the container with it
+        assert wait_for(lambda: not os.path.exists(f"/proc/{container.init_pid}"), 10)
+    assert not os.path.exists(MARKER)
+
+
+def test_a_container_built_to_another_blueprint_is_thrown_away(preparer: Preparer) -> None:
+    preparer.request(blueprint("predicted"))
+    assert preparer.take(blueprint("wanted")) is None
+    assert not preparer.disabled
+    # Its init exits as soon as pytest lets go of its pipe; the preparer reaps it.
+    assert wait_for(lambda: _children(preparer) == [], 10), _children(preparer)
+    preparer.request(blueprint("wanted"))
+    container = preparer.take(blueprint("wanted"))
+    assert container is not None
+    assert inside(container, what_the_test_sees)["hostname"] == "wanted"
+    container.discard()
+
+
+def test_a_blueprint_that_cannot_be_built_gives_nothing_and_three_in_a_row_end_the_preparer(
+    preparer: Preparer,
+) -> None:
+    broken = blueprint(extra=(MountOp("symlink", "/etc", source="elsewhere"),))  # /etc exists: EEXIST
+    for attempt in range(3):
+        assert not preparer.disabled, attempt
+        preparer.request(broken)
+        assert preparer.take(broken) is None
+        if attempt < 2:  # the half-built container's init was killed, and reaped
+            assert wait_for(lambda: _children(preparer) == [], 10), _children(preparer)
+    assert preparer.disabled
+    preparer.request(blueprint())  # asks nothing any more: the tests build their own
+    assert preparer.take(blueprint()) is None
+
+
+def test_a_dead_preparer_ends_preparing_for_the_session(preparer: Preparer) -> None:
+    wanted = blueprint()
+    preparer.request(wanted)
+    process = preparer._process
+    assert process is not None
+    container = preparer.take(wanted)
+    assert container is not None
+    container.discard()
+    preparer.request(wanted)
+    process.kill()
+    assert preparer.take(wanted) is None
+    assert preparer.disabled
+    assert process.poll() is not None
+
+
+def _children(preparer: Preparer) -> list[int]:
+    process = preparer._process
+    assert process is not None
+    with open(f"/proc/{process.pid}/task/{process.pid}/children") as handle:
+        return [int(pid) for pid in handle.read().split()]
+
+
+# --------------------------------------------------------- through the plugin
+
+BUILT_AHEAD = """
+import os, socket
+from pytest_isolate import isolated
+
+def built_ahead():
+    # The preparer's init made the container and lives in it; pytest's own
+    # init (a test that builds its container itself) stays in the host's mounts.
+    with open("/proc/self/mountinfo") as own, open("/proc/1/mountinfo") as inits:
+        return own.read() == inits.read()
+
+def test_first():
+    assert not built_ahead()  # nothing to predict it from
+
+def test_second():
+    assert built_ahead()
+
+@isolated(hostname="other")
+def test_another_hostname():
+    assert socket.gethostname() == "other"
+    assert not built_ahead()  # built to test_second's blueprint, and thrown away
+
+def test_back_to_the_default():
+    assert socket.gethostname() == "isolated"
+    assert not built_ahead()
+
+def test_default_again():
+    assert socket.gethostname() == "isolated"
+    assert built_ahead()
+
+@isolated(net="host")
+def test_host_network():
+    assert not built_ahead()
+
+@isolated(net="host")
+def test_host_network_again():
+    assert built_ahead()
+    assert "lo" in os.listdir("/sys/class/net")
+"""
+
+
+def test_each_test_after_the_first_runs_in_a_container_built_to_its_predecessors_blueprint(
+    pytester: pytest.Pytester, host_state
+) -> None:
+    pytester.makepyfile(test_ahead=BUILT_AHEAD)
+    result = run(pytester, "--isolate", "-p", "no:randomly")
+    assert result.ret == 0, result.stdout.str()
+    result.assert_outcomes(passed=7)
+
+
+def test_isolate_prepare_false_builds_every_container_in_its_test(pytester: pytest.Pytester, host_state) -> None:
+    pytester.makepyfile(
+        test_own="""
+def built_ahead():
+    with open("/proc/self/mountinfo") as own, open("/proc/1/mountinfo") as inits:
+        return own.read() == inits.read()
+
+def test_a():
+    assert not built_ahead()
+
+def test_b():
+    assert not built_ahead()
+"""
+    )
+    result = run(pytester, "--isolate", "-o", "isolate_prepare=false")
+    assert result.ret == 0, result.stdout.str()
+    result.assert_outcomes(passed=2)
+
+
+def test_a_preparer_killed_mid_session_only_costs_speed(pytester: pytest.Pytester, host_state) -> None:
+    pytester.makeconftest(
+        """
+import os, signal
+
+def pytest_runtest_logfinish(nodeid):
+    if not nodeid.endswith("test_second"):
+        return
+    with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as handle:
+        for pid in handle.read().split():
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if b"preparer_main.py" in cmdline.read():
+                    os.kill(int(pid), signal.SIGKILL)
+                    print("killed the preparer")
+"""
+    )
+    pytester.makepyfile(
+        test_killed="""
+def built_ahead():
+    with open("/proc/self/mountinfo") as own, open("/proc/1/mountinfo") as inits:
+        return own.read() == inits.read()
+
+def test_first():
+    assert not built_ahead()
+
+def test_second():
+    assert built_ahead()
+
+def test_third():
+    pass  # built ahead or not: the preparer had sent it, or was killed building it
+
+def test_fourth():
+    assert not built_ahead()  # nobody prepares any more
+"""
+    )
+    result = run(pytester, "--isolate", "-s")
+    assert result.ret == 0, result.stdout.str()
+    result.assert_outcomes(passed=4)
+    assert "killed the preparer" in result.stdout.str()
+
+
+def test_sigkill_of_pytest_ends_the_preparer_and_the_containers_it_built(pytester: pytest.Pytester, host_state) -> None:
+    marker = uuid.uuid4().hex
+    pytester.makepyfile(
+        test_hang=f"""
+import time
+
+def test_quick():
+    pass
+
+def test_hang():
+    print("{marker}", flush=True)
+    time.sleep(3600)
+"""
+    )
+    sandbox = CgroupSandbox()
+    try:
+        pytest_run = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--isolate", "-s"],
+            cwd=pytester.path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=sandbox.enter,
+        )
+        try:
+            assert pytest_run.stdout is not None
+            seen = b""
+            while marker.encode() not in seen and len(seen) < 1 << 20:
+                chunk = pytest_run.stdout.readline()
+                if not chunk:
+                    break
+                seen += chunk
+            assert marker.encode() in seen, seen.decode(errors="replace")
+            # test_hang runs in a container the preparer built, and the next is being built.
+            assert wait_for(lambda: any(b"preparer_main.py" in _cmdline(pid) for pid in _in_sandbox(sandbox)), 10)
+        finally:
+            pytest_run.send_signal(signal.SIGKILL)
+            pytest_run.wait()
+            assert pytest_run.stdout is not None
+            pytest_run.stdout.close()
+        # The preparer, its inits and the test: nothing of the run is left.
+        assert wait_for(lambda: _in_sandbox(sandbox) == [], 5), [_cmdline(pid) for pid in _in_sandbox(sandbox)]
+    finally:
+        sandbox.remove()
+
+
+def _in_sandbox(sandbox: CgroupSandbox) -> list[int]:
+    pids = []
+    for top in sandbox.dirs:
+        for current, _, files in os.walk(top):
+            if "cgroup.procs" in files:
+                with open(os.path.join(current, "cgroup.procs")) as handle:
+                    pids += [int(pid) for pid in handle.read().split()]
+    return sorted(set(pids))
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read()
+    except OSError:
+        return b""
