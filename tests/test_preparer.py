@@ -123,7 +123,8 @@ def test_a_container_built_ahead_is_whole_and_used_once(preparer: Preparer) -> N
             "root": ["overlay"],
         }
         container.discard()  # pytest lets go: init ends, and the container with it
-        assert wait_for(lambda: not os.path.exists(f"/proc/{container.init_pid}"), 10)
+        init = f"/proc/{container.init_pid}"
+        assert wait_for(lambda: not os.path.exists(init), 10)  # noqa: B023 - waited for here, in the loop
     assert not os.path.exists(MARKER)
 
 
