@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import faulthandler
+import gc
 import os
 import resource
 import select
@@ -718,7 +719,16 @@ def _fork(body: Callable[[ContainerJob], NoReturn], job: ContainerJob) -> int:
         # and filterwarnings=error must not turn the warning into an
         # exception *after* the child exists.
         warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
+        # The child's garbage collector must not walk pytest's objects: each
+        # one it touches is a page copied (a big suite's heap is hundreds of
+        # MB), and charged to the test's memory.  Frozen, they are out of its
+        # reach; pytest unfreezes its own at once.
+        gc.freeze()
+        try:
+            pid = os.fork()
+        finally:
+            if pid != 0:
+                gc.unfreeze()
     if pid == 0:
         try:
             body(job)

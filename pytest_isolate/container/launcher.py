@@ -48,7 +48,7 @@ from pytest_isolate.errors import ContainerError
 
 if TYPE_CHECKING:
     from pytest_isolate.container.cgroups import TestCgroup
-    from pytest_isolate.container.hardening import Hardening
+    from pytest_isolate.container.hardening import Hardening, Restriction
     from pytest_isolate.container.mountplan import MountPlan
     from pytest_isolate.container.netsetup import ContainerNetwork
     from pytest_isolate.environment import EnvironmentPlan
@@ -129,6 +129,10 @@ class ContainerJob:
     environment: EnvironmentPlan | None = None  # env=: the variables to drop (None: keep all)
     # A container built ahead (``preparer``): its namespaces, (descriptor, CLONE_NEW*), to join.
     joined: tuple[tuple[int, int], ...] = ()
+    restriction: Restriction = dataclasses.field(init=False)  # what the test gives up, made in pytest
+
+    def __post_init__(self) -> None:
+        self.restriction = self.hardening.restriction(self.spec.caps)
 
 
 def run_test_process(job: ContainerJob) -> NoReturn:
@@ -290,7 +294,7 @@ def _settle(job: ContainerJob, step) -> None:  # type: ignore[no-untyped-def]
     for limit, value in job.rlimits:
         resource.setrlimit(limit, (value, value))
     step("drop the test's privileges")
-    job.hardening.restrict(job.spec.caps)
+    job.restriction.apply()
     if job.environment is not None:
         job.environment.apply()
 
