@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 
 import pytest
 
@@ -36,6 +37,22 @@ def check_all(config: pytest.Config) -> None:
     read_compare_min_cpu(config)
     read_keep(config)
     prepare_json_path(config)
+
+
+# The ini switches (type="bool"): pytest's own error for a bad value names
+# neither the option nor what it takes.
+SWITCHES = ("isolate", "isolate_budget_strict", "isolate_report", "isolate_prepare", "isolate_diff")
+SWITCH_EXPECTED = "true or false (yes/no, on/off and 1/0 work too)"
+
+
+def check_switches(config: pytest.Config) -> None:
+    for name in SWITCHES:
+        try:
+            config.getini(name)
+        except (ValueError, pytest.UsageError) as error:  # pytest 9 raises the latter
+            quoted = re.search(r"'(.*)'", str(error))
+            value = quoted.group(1) if quoted else str(error)
+            raise pytest.UsageError(f"ini option {name} = {value} is invalid: expected {SWITCH_EXPECTED}") from None
 
 
 def _ini(config: pytest.Config, name: str) -> str:

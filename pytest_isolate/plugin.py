@@ -181,6 +181,7 @@ def pytest_configure(config: pytest.Config) -> None:
     from pytest_isolate import config_checks
 
     try:
+        config_checks.check_switches(config)
         config.stash[SETTINGS_KEY] = read_settings(config)
         config_checks.check_all(config)
     except SpecError as error:

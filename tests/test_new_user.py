@@ -40,6 +40,11 @@ def test_optional_tools_skip_naming_the_package() -> None:
     [
         ("isolate_storage=zfs", "ini option isolate_storage = zfs is invalid: expected one of auto, overlay, fuse, copy"),
         (
+            "isolate_prepare=maybe",
+            "ini option isolate_prepare = maybe is invalid: expected true or false (yes/no, on/off and 1/0 work too)",
+        ),
+        ("isolate=sometimes", "ini option isolate = sometimes is invalid: expected true or false (yes/no, on/off and 1/0 work too)"),
+        (
             "isolate_net_range=999.0.0.0/99",
             "ini option isolate_net_range = 999.0.0.0/99 is invalid: expected an IPv4 network with room for at least "
             "one /30, such as 10.213.0.0/16",
