@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable
 
@@ -18,7 +20,7 @@ from pytest_isolate.container import libc, prepared, rootfs
 from pytest_isolate.container.hardening import Hardening
 from pytest_isolate.container.mountplan import MountOp, build_base_plan
 from pytest_isolate.container.network import hosts_file
-from pytest_isolate.container.preparer import Blueprint, Preparer
+from pytest_isolate.container.preparer import AHEAD, Blueprint, Preparer
 
 pytestmark = pytest.mark.requires(*CONTAINER)
 
@@ -129,14 +131,39 @@ def test_a_container_built_ahead_is_whole_and_used_once(preparer: Preparer) -> N
 
 
 def test_a_container_built_to_another_blueprint_is_thrown_away(preparer: Preparer) -> None:
-    preparer.request(blueprint("predicted"))
-    assert preparer.take(blueprint("wanted")) is None
+    preparer.request(blueprint("predicted"))  # AHEAD of them
+    first = preparer.take(blueprint("predicted"))
+    assert first is not None
+    first.discard()
+    assert preparer._socket is not None
+    assert select.select([preparer._socket], [], [], 30)[0], "the second was never built"
+    assert preparer.take(blueprint("wanted")) is None  # built, but to the prediction that missed
     assert not preparer.disabled
     # Its init exits as soon as pytest lets go of its pipe; the preparer reaps it.
     assert wait_for(lambda: _children(preparer) == [], 10), _children(preparer)
     preparer.request(blueprint("wanted"))
     container = preparer.take(blueprint("wanted"))
     assert container is not None
+    assert inside(container, what_the_test_sees)["hostname"] == "wanted"
+    container.discard()
+
+
+def test_a_container_still_being_built_to_another_blueprint_is_not_waited_for(preparer: Preparer) -> None:
+    predicted = blueprint("predicted")
+    preparer.request(predicted)
+    # Asked for at once (the preparer is still starting): not built yet.
+    assert preparer.take(blueprint("wanted")) is None
+    assert len(preparer._awaited) == AHEAD  # still coming, to be thrown away when they come
+    preparer.request(blueprint("wanted"))
+    assert list(preparer._awaited) == [predicted] * AHEAD + [blueprint("wanted")] * AHEAD
+    container = None
+    for _ in range(200):  # bounded: 10 s
+        container = preparer.take(blueprint("wanted"))  # once the two before it are built and thrown away
+        if container is not None:
+            break
+        time.sleep(0.05)
+    assert container is not None
+    assert len(preparer._awaited) == AHEAD - 1
     assert inside(container, what_the_test_sees)["hostname"] == "wanted"
     container.discard()
 
@@ -199,22 +226,35 @@ def test_second():
 @isolated(hostname="other")
 def test_another_hostname():
     assert socket.gethostname() == "other"
-    assert not built_ahead()  # built to test_second's blueprint, and thrown away
+    assert not built_ahead()  # nothing was built to its blueprint yet
 
-def test_back_to_the_default():
-    assert socket.gethostname() == "isolated"
-    assert not built_ahead()
+@isolated(hostname="other")
+def test_another_hostname_2():
+    assert socket.gethostname() == "other"
 
-def test_default_again():
-    assert socket.gethostname() == "isolated"
-    assert built_ahead()
+@isolated(hostname="other")
+def test_another_hostname_3():
+    assert socket.gethostname() == "other"
+
+@isolated(hostname="other")
+def test_another_hostname_4():
+    assert socket.gethostname() == "other"
+    assert built_ahead()  # the predictions that missed are gone by now
 
 @isolated(net="host")
 def test_host_network():
     assert not built_ahead()
 
 @isolated(net="host")
-def test_host_network_again():
+def test_host_network_2():
+    pass
+
+@isolated(net="host")
+def test_host_network_3():
+    pass
+
+@isolated(net="host")
+def test_host_network_4():
     assert built_ahead()
     assert "lo" in os.listdir("/sys/class/net")
 """
@@ -226,7 +266,7 @@ def test_each_test_after_the_first_runs_in_a_container_built_to_its_predecessors
     pytester.makepyfile(test_ahead=BUILT_AHEAD)
     result = run(pytester, "--isolate", "-p", "no:randomly")
     assert result.ret == 0, result.stdout.str()
-    result.assert_outcomes(passed=7)
+    result.assert_outcomes(passed=10)
 
 
 def test_isolate_prepare_false_builds_every_container_in_its_test(pytester: pytest.Pytester, host_state) -> None:

@@ -23,14 +23,16 @@ into that PID namespace, the cgroup, five ``setns`` and the dropping of
 privileges (``launcher.run_prepared_test_process``).
 
 Each prepared container is used by exactly one test, or thrown away: the
-prediction is that the next test's blueprint equals the current one's,
-which holds in nearly every suite.  A preparer that fails or stalls costs
+prediction is that the next tests' blueprint equals the current one's,
+which holds in nearly every suite.  Two are kept in the making (``AHEAD``),
+so that a build that takes longer than one short test is ready in time.  A preparer that fails or stalls costs
 only speed: the test builds its own container, as without one, and reports
 what fails.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -48,13 +50,16 @@ from pytest_isolate.container.prepared import PreparedPidNamespace, pending
 
 # A blueprint (the mount plan, mostly) travels as one datagram: a plan that
 # does not fit (a hook's huge injected file) is simply not prepared.
-MAX_BLUEPRINT_BYTES = 1 << 20
+MAX_BLUEPRINT_BYTES = 128 << 10  # under a Unix socket's default send buffer
 MAX_REPLY_BYTES = 64 << 10
 # How long a container may take to build before the preparer gives up on it
 # (seconds under an emulator; milliseconds here).
 BUILD_SECONDS = 60.0
 # How long pytest waits, at the next test, for a container still being built.
 TAKE_SECONDS = 60.0
+# Containers built ahead: the next test's, and the one after it, so that a
+# build that takes longer than one short test is still ready in time.
+AHEAD = 2
 # After this many failed preparations in a row, stop trying for the session.
 FAILURES_BEFORE_GIVING_UP = 3
 
@@ -107,45 +112,66 @@ class Preparer:
     def __init__(self) -> None:
         self._process: subprocess.Popen[bytes] | None = None
         self._socket: socket.socket | None = None
-        self._awaited: Blueprint | None = None
+        self._awaited: collections.deque[Blueprint] = collections.deque()  # asked for, oldest first
         self._failures = 0
         self._encoded: tuple[Blueprint, bytes] | None = None
         self.disabled = False
 
     def request(self, blueprint: Blueprint) -> None:
-        """Have a container built for ``blueprint`` while the current test runs."""
-        if self.disabled or self._awaited is not None:
-            return
+        """Have ``AHEAD`` containers built for ``blueprint`` while the current test runs.
+
+        Those asked for another blueprint stay in the queue until they are
+        built and thrown away (``take``), at most ``AHEAD`` of them.
+        """
+        while list(self._awaited).count(blueprint) < AHEAD and len(self._awaited) < 2 * AHEAD:
+            if self.disabled or not self._send(blueprint):
+                return
+
+    def _send(self, blueprint: Blueprint) -> bool:
         if self._encoded is None or self._encoded[0] != blueprint:  # the same as last time, nearly always
             self._encoded = (blueprint, blueprint.encode())
         data = self._encoded[1]
         if len(data) > MAX_BLUEPRINT_BYTES:
-            return
+            return False
         try:
             self._start()
             assert self._socket is not None
             self._socket.send(data)
         except OSError:
             self._give_up()
-            return
-        self._awaited = blueprint
+            return False
+        self._awaited.append(blueprint)
+        return True
 
     def take(self, blueprint: Blueprint | None) -> PreparedPidNamespace | None:
-        """The container asked for, if it was built for ``blueprint``; None: build one in the test."""
-        awaited, self._awaited = self._awaited, None
-        if awaited is None:
-            return None
-        prepared = self._receive()
-        if prepared is not None and awaited != blueprint:
+        """A container built for ``blueprint``; None: the test builds its own.
+
+        The preparer builds in order: containers built to another blueprint
+        (a prediction that missed) are thrown away as they come; one that is
+        still being built is not waited for, the test builds its own instead.
+        """
+        while self._awaited:
+            wanted = self._awaited[0] == blueprint
+            if not wanted and not self._reply_ready():
+                return None
+            self._awaited.popleft()
+            prepared = self._receive()
+            if prepared is None or wanted:
+                return prepared
             prepared.discard()
-            return None
-        return prepared
+        return None
+
+    def _reply_ready(self) -> bool:
+        assert self._socket is not None
+        return bool(select.select([self._socket], [], [], 0)[0])
 
     def close(self) -> None:
         """At the session's end: throw away what was asked for, and end the preparer."""
-        prepared = self.take(None)
-        if prepared is not None:
-            prepared.discard()
+        while self._awaited and self._socket is not None:
+            self._awaited.popleft()
+            prepared = self._receive()
+            if prepared is not None:
+                prepared.discard()
         self._stop()
 
     # ------------------------------------------------------------------
@@ -192,7 +218,7 @@ class Preparer:
     def _give_up(self) -> None:
         """The preparer failed: the session's tests build their own containers."""
         self.disabled = True
-        self._awaited = None
+        self._awaited.clear()
         self._stop()
 
     def _stop(self) -> None:
