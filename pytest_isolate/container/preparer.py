@@ -47,6 +47,7 @@ from pytest_isolate.container import hardening, libc, network, rootfs, sysfiles
 from pytest_isolate.container.launcher import INIT_NAME, INIT_SCRIPT
 from pytest_isolate.container.mountplan import MountOp, MountPlan
 from pytest_isolate.container.prepared import PreparedPidNamespace, pending
+from pytest_isolate.errors import ContainerError
 
 # A blueprint (the mount plan, mostly) travels as one datagram: a plan that
 # does not fit (a hook's huge injected file) is simply not prepared.
@@ -268,14 +269,11 @@ def serve(socket_fd: int, pytest_pid: int) -> None:
     libc.set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != pytest_pid:
         os._exit(0)
-    # Off the test's path means off its CPU too: where both want one, the
-    # running test (and pytest) go first.
-    os.nice(10)
     # Each init is our child until its container ends: the kernel reaps them.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     os.set_inheritable(socket_fd, False)
     channel = socket.socket(fileno=socket_fd)
-    own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    own = {kind: os.open(f"/proc/self/ns/{name}", os.O_RDONLY | os.O_CLOEXEC) for name, kind in NAMESPACE_FLAGS}
     while True:
         try:
             data = channel.recv(MAX_BLUEPRINT_BYTES)
@@ -283,7 +281,7 @@ def serve(socket_fd: int, pytest_pid: int) -> None:
             return
         if not data:
             return
-        reply, fds = _build(Blueprint.decode(data), own_pid_namespace)
+        reply, fds = _build(Blueprint.decode(data), own)
         try:
             socket.send_fds(channel, [reply], fds)
         except OSError:
@@ -293,18 +291,40 @@ def serve(socket_fd: int, pytest_pid: int) -> None:
                 os.close(fd)
 
 
-def _build(blueprint: Blueprint, own_pid_namespace: int) -> tuple[bytes, list[int]]:
+def _build(blueprint: Blueprint, own: dict[int, int]) -> tuple[bytes, list[int]]:
+    """Build the container in this process's own new namespaces, then fork its init into them.
+
+    The preparer builds the root itself, not in a fork of itself: a child
+    running the mount plan's Python would copy every page it touched and
+    tear them down again at its exec, which costs more than the mounts.
+    Only ``/proc`` (which must be mounted from inside the new PID namespace)
+    and the masks over it are left to init.
+    """
     life_read, life_write = os.pipe()
     ready_read, ready_write = os.pipe()
-    libc.unshare(libc.CLONE_NEWPID)  # our next child is PID 1 of a new namespace
+    init_pid = -1
     try:
-        init_pid = os.fork()
-        if init_pid == 0:
-            _become_init(blueprint, life_read, ready_write)
-    finally:
-        libc.setns(own_pid_namespace, libc.CLONE_NEWPID)
-        os.close(life_read)
-        os.close(ready_write)
+        try:
+            flags = libc.CLONE_NEWNS | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC
+            libc.unshare(flags | (libc.CLONE_NEWNET if blueprint.own_network else 0))
+            rootfs.build_root(MountPlan(list(blueprint.ops)), blueprint.stage, blueprint.disk, proc=False)
+            sysfiles.set_hostname(blueprint.hostname)
+            if blueprint.own_network:
+                network.bring_up_loopback()
+            libc.unshare(libc.CLONE_NEWPID)  # our next child is PID 1 of a new namespace
+            init_pid = os.fork()
+            if init_pid == 0:
+                _become_init(blueprint, life_read, ready_write)
+        finally:
+            if init_pid != 0:
+                _return_to(own)
+            os.close(life_read)
+            os.close(ready_write)
+    except (ContainerError, OSError) as error:
+        for fd in (ready_read, life_write):
+            os.close(fd)
+        reason = f"{error.stage}: {error.reason}" if isinstance(error, ContainerError) else str(error)
+        return json.dumps({"error": reason}).encode(), []
     answer = _read_answer(ready_read, time.monotonic() + BUILD_SECONDS)
     fds: list[int] = []
     names = [name for name, _ in NAMESPACE_FLAGS if name != "net" or blueprint.own_network]
@@ -323,15 +343,21 @@ def _build(blueprint: Blueprint, own_pid_namespace: int) -> tuple[bytes, list[in
     return json.dumps({"init_pid": init_pid, "namespaces": names}).encode(), [*fds, life_write]
 
 
-def _become_init(blueprint: Blueprint, life_read: int, ready_write: int) -> None:
-    """PID 1 of the new container: build it, then wait, as a shell, for pytest to let go."""
+def _return_to(own: dict[int, int]) -> None:
+    """Back to the preparer's own namespaces (the mount namespace resets root and working directory)."""
     try:
-        flags = libc.CLONE_NEWNS | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC
-        libc.unshare(flags | (libc.CLONE_NEWNET if blueprint.own_network else 0))
-        rootfs.build_root(MountPlan(list(blueprint.ops)), blueprint.stage, blueprint.disk)
-        sysfiles.set_hostname(blueprint.hostname)
-        if blueprint.own_network:
-            network.bring_up_loopback()
+        for kind, fd in own.items():
+            libc.setns(fd, kind)
+    except OSError:
+        # A preparer stuck in a container's namespaces must build nothing
+        # more: pytest sees its end, and the tests build their own.
+        os._exit(1)
+
+
+def _become_init(blueprint: Blueprint, life_read: int, ready_write: int) -> None:
+    """PID 1 of the new container: its /proc, then wait, as a shell, for pytest to let go."""
+    try:
+        rootfs.mount_proc("/proc")
         hardening.mask_kernel_paths(blueprint.masked_files, blueprint.masked_directories, blueprint.read_only)
         os.dup2(life_read, 0)
         null = os.open(os.devnull, os.O_WRONLY)

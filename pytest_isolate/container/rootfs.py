@@ -169,7 +169,10 @@ class _Builder:
         assert op.source is not None
         _ensure_dir(target)
         libc.mount(op.source, target, None, libc.MS_BIND)
-        remount_read_only(target)
+        # A bind keeps its source's per-mount flags, "ro" included: one
+        # mount call, not two, for each of a laptop's dozens of snaps.
+        if not os.statvfs(target).f_flag & os.ST_RDONLY:
+            remount_read_only(target)
 
     def _root_dir(self, op: MountOp, target: str) -> None:
         # A directory of the stage tmpfs, made a mount point for pivot_root.
@@ -281,8 +284,12 @@ def build_root(
     keep_stage: bool = False,
     rootless: bool = False,
     storage_driver: str = "overlay",
+    proc: bool = True,
 ) -> int | None:
     """Mount everything under ``stage``, then make it ``/``.
+
+    Without ``proc``, the caller mounts ``/proc`` afterwards, from inside
+    the container's PID namespace (the preparer, whose own is the host's).
 
     With ``keep_stage``, return an ``O_PATH`` descriptor of the tmpfs that
     holds the writable layers, for reading them after the test (fsdiff).
@@ -312,7 +319,8 @@ def build_root(
     # /proc of our PID namespace, mounted while the host's /proc is still in
     # view: in a user namespace the kernel allows a new proc (and sysfs)
     # only where a fully visible one already exists.
-    mount_proc(os.path.join(builder.root, "proc"))
+    if proc:
+        mount_proc(os.path.join(builder.root, "proc"))
     try:
         # pivot_root(".", ".") stacks the old root under the new one, so no
         # directory for it is needed; detaching it then hides the host.
