@@ -21,6 +21,7 @@ ALL = (
     "cgroup_delegated",
     "systemd",
     "netns",
+    "proc_pidns",
     "rootless",
     "fuse_overlayfs",
     "rootless_fuse",
@@ -102,6 +103,10 @@ def has(capability: str) -> bool:
         return os.path.isdir("/run/systemd/system")
     if capability == "netns":
         return os.path.exists("/proc/self/ns/net")
+    if capability == "proc_pidns":
+        # Linux 6.15+: proc mounted for another PID namespace (pidns=), what
+        # lets the preparer spawn init rather than fork it.  Tried as root.
+        return os.geteuid() == 0 and _proc_takes_pidns()
     if capability == "fuse_overlayfs":
         return shutil.which("fuse-overlayfs") is not None and os.path.exists("/dev/fuse")
     if capability == "rootless_fuse":
@@ -126,6 +131,32 @@ def has(capability: str) -> bool:
 
         return usable(capability)
     raise ValueError(f"unknown capability {capability!r}; known: {', '.join(ALL)}")
+
+
+@functools.lru_cache(maxsize=None)
+def _proc_takes_pidns() -> bool:
+    """Mount a proc with pidns= in a throw-away child's private mount namespace."""
+    from pytest_isolate.container import libc, rootfs
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        answer = b"no"
+        try:
+            libc.unshare(libc.CLONE_NEWNS)
+            libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+            libc.mount("proc", rootfs.ensure_stage_dir(), "proc", 0, "pidns=/proc/self/ns/pid")
+            answer = b"yes"
+        except BaseException:
+            pass
+        finally:
+            os.write(write_end, answer)
+            os._exit(0)
+    os.close(write_end)
+    answer = os.read(read_end, 8)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    return answer == b"yes"
 
 
 def _delegated_cgroup() -> str | None:

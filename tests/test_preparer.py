@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from conftest import CONTAINER
+from conftest import CONTAINER, require
 from helpers import CgroupSandbox, run, wait_for
 
 from pytest_isolate.container import libc, prepared, rootfs
@@ -47,6 +47,16 @@ def blueprint(hostname: str = "isolated", extra: tuple[MountOp, ...] = ()) -> Bl
 @pytest.fixture
 def preparer():
     made = Preparer()
+    yield made
+    made.close()
+
+
+@pytest.fixture(params=["spawned init", "forked init"])
+def either_preparer(request):
+    """Both ways to make init: spawned, its /proc mounted with pidns= (Linux 6.15+), or forked (before)."""
+    if request.param == "spawned init":
+        require("proc_pidns")
+    made = Preparer(forked_init=request.param == "forked init")
     yield made
     made.close()
 
@@ -101,7 +111,8 @@ def what_the_test_sees() -> dict:
     return seen
 
 
-def test_a_container_built_ahead_is_whole_and_used_once(preparer: Preparer) -> None:
+def test_a_container_built_ahead_is_whole_and_used_once(either_preparer: Preparer) -> None:
+    preparer = either_preparer
     wanted = blueprint()
     for _ in range(2):
         preparer.request(wanted)

@@ -15,7 +15,7 @@ uid=$(id -u "$user")
 # The default selections: what a pure cgroup v2 + systemd host proves (the v2
 # limit code, storage and isolation on a stock Debian kernel, rootless with a
 # delegated cgroup), sized to fit the lane's ~15 minutes under TCG.
-root_tests="tests/test_limits.py tests/test_usage_report.py tests/test_storage.py tests/test_network.py"
+root_tests="tests/test_limits.py tests/test_usage_report.py tests/test_storage.py tests/test_network.py tests/test_preparer.py"
 rootless_tests="tests/test_rootless.py"
 # What the guest has: a test that would skip for one of these fails instead.
 root_require=root,overlay,cgroup,cgroup_v2,netns,fuse_overlayfs,systemd

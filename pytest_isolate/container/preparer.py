@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import errno
 import json
 import os
 import select
@@ -44,7 +45,7 @@ import sys
 import time
 
 from pytest_isolate.container import hardening, libc, network, rootfs, sysfiles
-from pytest_isolate.container.launcher import INIT_NAME, INIT_SCRIPT
+from pytest_isolate.container.launcher import INIT_NAME, INIT_SCRIPT, spawn_init
 from pytest_isolate.container.mountplan import MountOp, MountPlan
 from pytest_isolate.container.prepared import PreparedPidNamespace, pending
 from pytest_isolate.errors import ContainerError
@@ -110,7 +111,8 @@ class Blueprint:
 class Preparer:
     """pytest's side: asks for the next container, and takes it at the next test."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, forked_init: bool = False) -> None:
+        self.forked_init = forked_init  # the way kernels before 6.15 take, wherever this one runs (tests)
         self._process: subprocess.Popen[bytes] | None = None
         self._socket: socket.socket | None = None
         self._awaited: collections.deque[Blueprint] = collections.deque()  # asked for, oldest first
@@ -183,7 +185,7 @@ class Preparer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-I", "-S", _MAIN, str(theirs.fileno()), str(os.getpid())],
+                [sys.executable, "-I", "-S", _MAIN, str(theirs.fileno()), str(os.getpid()), str(int(self.forked_init))],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
@@ -264,8 +266,11 @@ _MAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "preparer_main.
 # ---------------------------------------------------------------- the preparer
 
 
-def serve(socket_fd: int, pytest_pid: int) -> None:
+def serve(socket_fd: int, pytest_pid: int, *, forked_init: bool = False) -> None:
     """The preparer's loop: one blueprint in, one container's descriptors out, until pytest goes."""
+    global _spawn_init_works
+    if forked_init:
+        _spawn_init_works = False
     libc.set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != pytest_pid:
         os._exit(0)
@@ -292,55 +297,122 @@ def serve(socket_fd: int, pytest_pid: int) -> None:
 
 
 def _build(blueprint: Blueprint, own: dict[int, int]) -> tuple[bytes, list[int]]:
-    """Build the container in this process's own new namespaces, then fork its init into them.
+    """Build the container in this process's own new namespaces, then hand over its init's.
 
     The preparer builds the root itself, not in a fork of itself: a child
-    running the mount plan's Python would copy every page it touched and
-    tear them down again at its exec, which costs more than the mounts.
-    Only ``/proc`` (which must be mounted from inside the new PID namespace)
-    and the masks over it are left to init.
+    running the mount plan's Python would copy every page it touched, and
+    tear them all down again at its exec.  Where the kernel mounts a proc
+    for another PID namespace (``pidns=``, Linux 6.15), init is spawned (no
+    fork) and the preparer does everything else; before that, a forked
+    init mounts its own ``/proc`` and the masks on it.
     """
+    global _spawn_init_works
     life_read, life_write = os.pipe()
-    ready_read, ready_write = os.pipe()
-    init_pid = -1
+    init = _Init(life_read, own[libc.CLONE_NEWPID], spawn=_spawn_init_works)
     try:
         try:
             flags = libc.CLONE_NEWNS | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC
             libc.unshare(flags | (libc.CLONE_NEWNET if blueprint.own_network else 0))
-            rootfs.build_root(MountPlan(list(blueprint.ops)), blueprint.stage, blueprint.disk, proc=False)
+            proc = init.spawn_with_proc if init.spawn else lambda _target: None
+            rootfs.build_root(MountPlan(list(blueprint.ops)), blueprint.stage, blueprint.disk, proc=proc)
             sysfiles.set_hostname(blueprint.hostname)
             if blueprint.own_network:
                 network.bring_up_loopback()
-            libc.unshare(libc.CLONE_NEWPID)  # our next child is PID 1 of a new namespace
-            init_pid = os.fork()
-            if init_pid == 0:
-                _become_init(blueprint, life_read, ready_write)
+            if init.spawn:
+                hardening.mask_kernel_paths(blueprint.masked_files, blueprint.masked_directories, blueprint.read_only)
+            else:
+                init.fork(blueprint)
         finally:
-            if init_pid != 0:
+            if init.pid != 0:
                 _return_to(own)
             os.close(life_read)
-            os.close(ready_write)
+    except _NoPidnsOption:
+        _spawn_init_works = False
+        init.kill()
+        os.close(life_write)
+        return _build(blueprint, own)
     except (ContainerError, OSError) as error:
-        for fd in (ready_read, life_write):
-            os.close(fd)
+        init.kill()
+        os.close(life_write)
         reason = f"{error.stage}: {error.reason}" if isinstance(error, ContainerError) else str(error)
         return json.dumps({"error": reason}).encode(), []
-    answer = _read_answer(ready_read, time.monotonic() + BUILD_SECONDS)
     fds: list[int] = []
     names = [name for name, _ in NAMESPACE_FLAGS if name != "net" or blueprint.own_network]
     try:
-        if answer != b"ok":  # init wrote why it failed, or stalled
-            raise OSError(answer.decode(errors="replace") or "init stalled")
-        fds = [os.open(f"/proc/{init_pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC) for name in names]
+        init.wait_until_ready()
+        fds = [os.open(f"/proc/{init.pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC) for name in names]
     except OSError as error:
         for fd in (*fds, life_write):
             os.close(fd)
-        try:
-            os.kill(init_pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        init.kill()
         return json.dumps({"error": str(error)}).encode(), []
-    return json.dumps({"init_pid": init_pid, "namespaces": names}).encode(), [*fds, life_write]
+    return json.dumps({"init_pid": init.pid, "namespaces": names}).encode(), [*fds, life_write]
+
+
+# Whether proc takes pidns= here (None: not tried yet).
+_spawn_init_works: bool | None = None
+
+
+class _NoPidnsOption(Exception):
+    """This kernel mounts proc only for the caller's own PID namespace."""
+
+
+class _Init:
+    """PID 1 of the container being built, spawned or forked."""
+
+    def __init__(self, life_read: int, own_pid_namespace: int, *, spawn: bool | None) -> None:
+        self.life_read = life_read
+        self.own_pid_namespace = own_pid_namespace
+        self.spawn = spawn is not False
+        self.pid = -1
+        self.ready_read = -1
+
+    def spawn_with_proc(self, target: str) -> None:
+        """Before the switch of root: init spawned from the host's /bin/sh, and its /proc."""
+        libc.unshare(libc.CLONE_NEWPID)  # our next child is PID 1 of a new namespace
+        try:
+            self.pid = spawn_init(self.life_read)
+        finally:
+            libc.setns(self.own_pid_namespace, libc.CLONE_NEWPID)
+        os.makedirs(target, exist_ok=True)
+        try:
+            libc.mount("proc", target, "proc", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC, f"pidns=/proc/{self.pid}/ns/pid")
+        except OSError as error:
+            if error.errno == errno.EINVAL:
+                raise _NoPidnsOption from None
+            raise
+
+    def fork(self, blueprint: Blueprint) -> None:
+        """After the switch of root: init forked into the container, to mount its /proc itself."""
+        ready_read, ready_write = os.pipe()
+        libc.unshare(libc.CLONE_NEWPID)
+        try:
+            self.pid = os.fork()
+            if self.pid == 0:
+                _become_init(blueprint, self.life_read, ready_write)
+        finally:
+            if self.pid != 0:
+                libc.setns(self.own_pid_namespace, libc.CLONE_NEWPID)
+                os.close(ready_write)
+        self.ready_read = ready_read
+
+    def wait_until_ready(self) -> None:
+        if self.ready_read < 0:
+            return  # spawned: ready as soon as it runs
+        answer = _read_answer(self.ready_read, time.monotonic() + BUILD_SECONDS)
+        self.ready_read = -1
+        if answer != b"ok":  # init wrote why it failed, or stalled
+            raise OSError(answer.decode(errors="replace") or "init stalled")
+
+    def kill(self) -> None:
+        if self.ready_read >= 0:
+            os.close(self.ready_read)
+            self.ready_read = -1
+        if self.pid > 0:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def _return_to(own: dict[int, int]) -> None:

@@ -1,4 +1,4 @@
-"""The preparer's entry point: ``python -I -S preparer_main.py SOCKET_FD PYTEST_PID``.
+"""The preparer's entry point: ``python -I -S preparer_main.py SOCKET_FD PYTEST_PID FORKED_INIT``.
 
 Run as a script, not with ``-m``, so that neither the user's environment nor
 site-packages run in the process that builds containers as root, and the
@@ -18,4 +18,4 @@ if __name__ == "__main__":
     sys.modules["pytest_isolate"] = package
     from pytest_isolate.container.preparer import serve
 
-    serve(int(sys.argv[1]), int(sys.argv[2]))
+    serve(int(sys.argv[1]), int(sys.argv[2]), forked_init=sys.argv[3] == "1")

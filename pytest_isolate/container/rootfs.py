@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 
 from pytest_isolate.container import libc, storage
 from pytest_isolate.container.mountplan import MountOp, MountPlan
@@ -284,12 +285,13 @@ def build_root(
     keep_stage: bool = False,
     rootless: bool = False,
     storage_driver: str = "overlay",
-    proc: bool = True,
+    proc: Callable[[str], None] | None = None,
 ) -> int | None:
     """Mount everything under ``stage``, then make it ``/``.
 
-    Without ``proc``, the caller mounts ``/proc`` afterwards, from inside
-    the container's PID namespace (the preparer, whose own is the host's).
+    ``proc`` mounts ``/proc`` at the path it is given, before the switch
+    (default: ``mount_proc``, for a caller inside the container's PID
+    namespace); the preparer, whose own is the host's, brings its own.
 
     With ``keep_stage``, return an ``O_PATH`` descriptor of the tmpfs that
     holds the writable layers, for reading them after the test (fsdiff).
@@ -319,8 +321,7 @@ def build_root(
     # /proc of our PID namespace, mounted while the host's /proc is still in
     # view: in a user namespace the kernel allows a new proc (and sysfs)
     # only where a fully visible one already exists.
-    if proc:
-        mount_proc(os.path.join(builder.root, "proc"))
+    (proc or mount_proc)(os.path.join(builder.root, "proc"))
     try:
         # pivot_root(".", ".") stacks the old root under the new one, so no
         # directory for it is needed; detaching it then hides the host.
