@@ -232,6 +232,9 @@ def test_first():
     assert not built_ahead()  # nothing to predict it from
 
 def test_second():
+    assert not built_ahead()  # its blueprint is seen twice in a row only now
+
+def test_third():
     assert built_ahead()
 
 @isolated(hostname="other")
@@ -277,7 +280,7 @@ def test_each_test_after_the_first_runs_in_a_container_built_to_its_predecessors
     pytester.makepyfile(test_ahead=BUILT_AHEAD)
     result = run(pytester, "--isolate", "-p", "no:randomly")
     assert result.ret == 0, result.stdout.str()
-    result.assert_outcomes(passed=10)
+    result.assert_outcomes(passed=11)
 
 
 def test_isolate_prepare_false_builds_every_container_in_its_test(pytester: pytest.Pytester, host_state) -> None:
@@ -305,7 +308,7 @@ def test_a_preparer_killed_mid_session_only_costs_speed(pytester: pytest.Pyteste
 import os, signal
 
 def pytest_runtest_logfinish(nodeid):
-    if not nodeid.endswith("test_second"):
+    if not nodeid.endswith("test_third"):
         return
     with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as handle:
         for pid in handle.read().split():
@@ -325,18 +328,24 @@ def test_first():
     assert not built_ahead()
 
 def test_second():
-    assert built_ahead()
+    pass
 
 def test_third():
-    pass  # built ahead or not: the preparer had sent it, or was killed building it
+    assert built_ahead()
 
 def test_fourth():
+    pass  # built ahead or not: the preparer had sent it, or was killed building it
+
+def test_fifth():
+    pass
+
+def test_sixth():
     assert not built_ahead()  # nobody prepares any more
 """
     )
     result = run(pytester, "--isolate", "-s")
     assert result.ret == 0, result.stdout.str()
-    result.assert_outcomes(passed=4)
+    result.assert_outcomes(passed=6)
     assert "killed the preparer" in result.stdout.str()
 
 

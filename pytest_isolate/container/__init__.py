@@ -7,10 +7,13 @@ step is:
 
 1. **prepare** - before the test, mostly once per session or while the
    previous test still runs: the mount plan (``mountplan``), the hardening
-   (``hardening.Hardening.for_this_host``), the test's cgroup (``cgroups``)
-   and, as root, the PID namespace with its init (``prepared``).
-2. **enter** - fork into that namespace; the test process builds and enters
-   the container (``launcher.run_test_process``: namespaces, ``rootfs``,
+   (``hardening.Hardening.for_this_host``, ``hardening.Restriction``), the
+   test's cgroup (``cgroups``) and, as root, the whole container, built by
+   the preparer (``preparer``), or else the PID namespace with its init
+   (``prepared``).
+2. **enter** - fork into that PID namespace; the test process joins the
+   container built ahead (``launcher.run_prepared_test_process``), or builds
+   it itself (``launcher.run_test_process``: namespaces, ``rootfs``,
    network, ``hardening``), then calls ``run_test``.
 3. **wait** - pytest reads the test's messages until "done" or its exit
    (``pytest_isolate.runtime.Runtime._watch``, ``lifecycle.ContainerProcesses``).

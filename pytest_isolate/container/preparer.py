@@ -5,29 +5,30 @@ hostname, loopback, the masks over kernel paths - does not depend on which
 test will use it, only on its *blueprint*.  Done in the test's own process it
 costs 5-7 ms per test (19 ms with 60 host mounts), and every page of pytest's
 heap that the Python code touches on the way is copied.  So, as root, a
-*preparer* builds the next container while the current test runs:
+*preparer* builds the next containers while the current test runs::
 
-    pytest ── preparer: a fresh interpreter, started once per session,
-              │         a few MB, knowing nothing of pytest
-              └── init: PID 1 of the next container.  It makes the mount,
-                        UTS, IPC and network namespaces, builds the root
-                        (``rootfs.build_root``), sets the hostname, brings up
-                        loopback and masks the kernel paths, then becomes the
-                        usual shell init (``launcher.INIT_SCRIPT``).
+    pytest ── preparer: a fresh interpreter (python -I -S), started once per
+              │         session, a few MB, knowing nothing of pytest
+              └── init: PID 1 of a container built ahead, /bin/sh waiting
+                        for end-of-file on its pipe (``launcher.INIT_SCRIPT``)
 
-The preparer hands pytest descriptors of the five namespaces and the write
-end of init's pipe, and closes its own copy: as with every container, only
-pytest holds it, and when pytest lets go (or dies, even by SIGKILL) init
-exits and the kernel ends the namespace.  The test's path is then a fork
-into that PID namespace, the cgroup, five ``setns`` and the dropping of
-privileges (``launcher.run_prepared_test_process``).
+For each container the preparer moves itself into new mount, UTS, IPC and
+network namespaces, builds the root there (``rootfs.build_root``), sets the
+hostname, brings up loopback, starts init in a new PID namespace and masks
+the kernel paths, then goes back to its own namespaces (``_build``).  It
+hands pytest descriptors of the five namespaces and the write end of init's
+pipe, and closes its own copy: as with every container, only pytest holds
+it, and when pytest lets go (or dies, even by SIGKILL) init exits and the
+kernel ends the namespace.  The test's path is a fork into that PID
+namespace, the cgroup, four ``setns`` and the dropping of privileges
+(``launcher.run_prepared_test_process``).
 
 Each prepared container is used by exactly one test, or thrown away: the
 prediction is that the next tests' blueprint equals the current one's,
 which holds in nearly every suite.  Two are kept in the making (``AHEAD``),
-so that a build that takes longer than one short test is ready in time.  A preparer that fails or stalls costs
-only speed: the test builds its own container, as without one, and reports
-what fails.
+so that a build that takes longer than one short test is ready in time.  A
+preparer that fails or stalls costs only speed: the test builds its own
+container, as without one, and reports what fails.
 """
 
 from __future__ import annotations
