@@ -247,7 +247,7 @@ def _prepared_from(message: bytes, fds: list[int]) -> PreparedPidNamespace | Non
         kinds = [dict(NAMESPACE_FLAGS)[name] for name in reply["namespaces"]]
     except (ValueError, KeyError, TypeError):
         reply, init_pid, kinds = None, 0, []
-    if reply is None or len(fds) != len(kinds) + 1 or kinds[:1] != [libc.CLONE_NEWPID]:
+    if reply is None or init_pid <= 0 or len(fds) != len(kinds) + 1 or kinds[:1] != [libc.CLONE_NEWPID]:
         for fd in fds:
             os.close(fd)
         return None
