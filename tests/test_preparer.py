@@ -18,7 +18,7 @@ from helpers import CgroupSandbox, run, wait_for
 
 from pytest_isolate.container import libc, prepared, rootfs
 from pytest_isolate.container.hardening import Hardening
-from pytest_isolate.container.mountplan import MountOp, build_base_plan
+from pytest_isolate.container.mountplan import MountOp, MountPlan, build_base_plan, device_ops, image_ops
 from pytest_isolate.container.network import hosts_file
 from pytest_isolate.container.preparer import AHEAD, Blueprint, Preparer
 
@@ -28,12 +28,12 @@ DISK = 64 << 20
 MARKER = "/prepared-container-marker"
 
 
-def blueprint(hostname: str = "isolated", extra: tuple[MountOp, ...] = ()) -> Blueprint:
+def blueprint(hostname: str = "isolated", extra: tuple[MountOp, ...] = (), ops: tuple[MountOp, ...] | None = None) -> Blueprint:
     plan = build_base_plan(DISK)
     plan.add_file("/etc/hosts", hosts_file(hostname))
     hardening = Hardening.for_this_host()
     return Blueprint(
-        ops=(*plan.ops, *extra),
+        ops=(*(plan.ops if ops is None else ops), *extra),
         stage=rootfs.ensure_stage_dir(),
         disk=DISK,
         hostname=hostname,
@@ -139,6 +139,30 @@ def test_a_container_built_ahead_is_whole_and_used_once(either_preparer: Prepare
         init = f"/proc/{container.init_pid}"
         assert wait_for(lambda: not os.path.exists(init), 10)  # noqa: B023 - waited for here, in the loop
     assert not os.path.exists(MARKER)
+
+
+def test_a_root_without_a_shell_still_gets_its_init(either_preparer: Preparer, tmp_path) -> None:
+    # An image or a directory given as rootfs= may have no /bin/sh: init is
+    # the host's, started before the switch of root (found in the VM lane,
+    # where the kernel takes the forked way).
+    tiny = tmp_path / "tiny-root"
+    (tiny / "etc").mkdir(parents=True)
+    python_paths = sorted({sys.base_prefix, sys.prefix, sys.exec_prefix, *(p for p in sys.path if os.path.isdir(p))})
+    plan = MountPlan(image_ops([str(tiny)], python_paths) + device_ops(shm_size=DISK, nodes_by_mknod=True))
+    plan.ops.append(MountOp("sysfs", "/sys", readonly=True))
+    wanted = blueprint(ops=tuple(plan.ops))
+    either_preparer.request(wanted)
+    container = either_preparer.take(wanted)
+    assert container is not None, either_preparer.last_error
+    seen = inside(container, what_the_test_sees)
+    assert (seen["pid"], seen["init"], seen["init_shares_the_mounts"], seen["root"]) == (
+        2,
+        "pytest-isolate-init",
+        True,
+        ["overlay"],
+    )
+    assert not (tiny / "bin").exists()  # init's shell is the host's
+    container.discard()
 
 
 def test_a_container_built_to_another_blueprint_is_thrown_away(preparer: Preparer) -> None:

@@ -64,16 +64,25 @@ INIT_SCRIPT = "trap '' CHLD; read _"
 TEST_OOM_SCORE = 500
 
 
-def spawn_init(pipe_read_fd: int) -> int:
-    """Start init with ``pipe_read_fd`` as its stdin; a vfork+exec, not a fork."""
+# What the preparer's init says once the shell runs, and so has loaded its
+# libraries: only then may the root it loaded them from be switched away.
+INIT_READY_SCRIPT = "trap '' CHLD; echo; read _"
+
+
+def spawn_init(pipe_read_fd: int, ready_fd: int = -1) -> int:
+    """Start init with ``pipe_read_fd`` as its stdin; a vfork+exec, not a fork.
+
+    With ``ready_fd``, init writes a newline there once it runs (``INIT_READY_SCRIPT``).
+    """
+    script, stdout = (INIT_SCRIPT, None) if ready_fd < 0 else (INIT_READY_SCRIPT, ready_fd)
     return os.posix_spawn(
         "/bin/sh",
-        [INIT_NAME, "-c", INIT_SCRIPT],
+        [INIT_NAME, "-c", script],
         {},
         file_actions=[
             (os.POSIX_SPAWN_DUP2, pipe_read_fd, 0),
-            (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
-            (os.POSIX_SPAWN_DUP2, 1, 2),
+            (os.POSIX_SPAWN_OPEN, 2, "/dev/null", os.O_WRONLY, 0),
+            (os.POSIX_SPAWN_DUP2, stdout, 1) if stdout is not None else (os.POSIX_SPAWN_DUP2, 2, 1),
         ],
     )
 

@@ -46,7 +46,7 @@ import sys
 import time
 
 from pytest_isolate.container import hardening, libc, network, rootfs, sysfiles
-from pytest_isolate.container.launcher import INIT_NAME, INIT_SCRIPT, spawn_init
+from pytest_isolate.container.launcher import INIT_NAME, INIT_READY_SCRIPT, spawn_init
 from pytest_isolate.container.mountplan import MountOp, MountPlan
 from pytest_isolate.container.prepared import PreparedPidNamespace, pending
 from pytest_isolate.errors import ContainerError
@@ -120,6 +120,7 @@ class Preparer:
         self._failures = 0
         self._encoded: tuple[Blueprint, bytes] | None = None
         self.disabled = False
+        self.last_error: str | None = None  # the preparer's word on the last container it could not build
 
     def request(self, blueprint: Blueprint) -> None:
         """Have ``AHEAD`` containers built for ``blueprint`` while the current test runs.
@@ -211,6 +212,7 @@ class Preparer:
             return None
         prepared = _prepared_from(message, fds)
         if prepared is None:
+            self.last_error = message[:MAX_REPLY_BYTES].decode(errors="replace")  # for whoever debugs it
             self._failures += 1
             if self._failures >= FAILURES_BEFORE_GIVING_UP:
                 self._give_up()
@@ -302,29 +304,27 @@ def _build(blueprint: Blueprint, own: dict[int, int]) -> tuple[bytes, list[int]]
 
     The preparer builds the root itself, not in a fork of itself: a child
     running the mount plan's Python would copy every page it touched, and
-    tear them all down again at its exec.  Where the kernel mounts a proc
-    for another PID namespace (``pidns=``, Linux 6.15), init is spawned (no
-    fork) and the preparer does everything else; before that, a forked
-    init mounts its own ``/proc`` and the masks on it.
+    tear them all down again at its exec.  init is started just before the
+    switch of root, from the host's /bin/sh (an image or a tiny root may
+    have none), and ``/proc`` of its PID namespace mounted: by the
+    preparer where the kernel takes ``pidns=`` (Linux 6.15), else by init
+    itself, forked, before it becomes the shell.
     """
     global _spawn_init_works
     life_read, life_write = os.pipe()
-    init = _Init(life_read, own[libc.CLONE_NEWPID], spawn=_spawn_init_works)
+    init = _Init(life_read, own[libc.CLONE_NEWPID], spawn=_spawn_init_works is not False)
     try:
         try:
             flags = libc.CLONE_NEWNS | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC
             libc.unshare(flags | (libc.CLONE_NEWNET if blueprint.own_network else 0))
-            proc = init.spawn_with_proc if init.spawn else lambda _target: None
+            proc = init.spawn_with_proc if init.spawn else init.fork_with_proc
             rootfs.build_root(MountPlan(list(blueprint.ops)), blueprint.stage, blueprint.disk, proc=proc)
             sysfiles.set_hostname(blueprint.hostname)
             if blueprint.own_network:
                 network.bring_up_loopback()
-            if init.spawn:
-                hardening.mask_kernel_paths(blueprint.masked_files, blueprint.masked_directories, blueprint.read_only)
-            else:
-                init.fork(blueprint)
+            hardening.mask_kernel_paths(blueprint.masked_files, blueprint.masked_directories, blueprint.read_only)
         finally:
-            if init.pid != 0:
+            if init.pid != 0:  # not in a forked init
                 _return_to(own)
             os.close(life_read)
     except _NoPidnsOption:
@@ -340,7 +340,6 @@ def _build(blueprint: Blueprint, own: dict[int, int]) -> tuple[bytes, list[int]]
     fds: list[int] = []
     names = [name for name, _ in NAMESPACE_FLAGS if name != "net" or blueprint.own_network]
     try:
-        init.wait_until_ready()
         fds = [os.open(f"/proc/{init.pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC) for name in names]
     except OSError as error:
         for fd in (*fds, life_write):
@@ -359,56 +358,48 @@ class _NoPidnsOption(Exception):
 
 
 class _Init:
-    """PID 1 of the container being built, spawned or forked."""
+    """PID 1 of the container being built: started, with its /proc, while the host's root is in view."""
 
-    def __init__(self, life_read: int, own_pid_namespace: int, *, spawn: bool | None) -> None:
+    def __init__(self, life_read: int, own_pid_namespace: int, *, spawn: bool) -> None:
         self.life_read = life_read
         self.own_pid_namespace = own_pid_namespace
-        self.spawn = spawn is not False
+        self.spawn = spawn
         self.pid = -1
-        self.ready_read = -1
 
     def spawn_with_proc(self, target: str) -> None:
-        """Before the switch of root: init spawned from the host's /bin/sh, and its /proc."""
+        """init spawned (no fork), and its /proc mounted here, for its PID namespace."""
+        ready_read, ready_write = os.pipe()
         libc.unshare(libc.CLONE_NEWPID)  # our next child is PID 1 of a new namespace
         try:
-            self.pid = spawn_init(self.life_read)
+            self.pid = spawn_init(self.life_read, ready_write)
         finally:
             libc.setns(self.own_pid_namespace, libc.CLONE_NEWPID)
-        os.makedirs(target, exist_ok=True)
+            os.close(ready_write)
         try:
+            os.makedirs(target, exist_ok=True)
             libc.mount("proc", target, "proc", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC, f"pidns=/proc/{self.pid}/ns/pid")
         except OSError as error:
+            os.close(ready_read)
             if error.errno == errno.EINVAL:
                 raise _NoPidnsOption from None
             raise
+        _wait_until_running(ready_read)
 
-    def fork(self, blueprint: Blueprint) -> None:
-        """After the switch of root: init forked into the container, to mount its /proc itself."""
+    def fork_with_proc(self, target: str) -> None:
+        """init forked, to mount its /proc itself before it becomes the shell."""
         ready_read, ready_write = os.pipe()
         libc.unshare(libc.CLONE_NEWPID)
         try:
             self.pid = os.fork()
             if self.pid == 0:
-                _become_init(blueprint, self.life_read, ready_write)
+                _become_init(target, self.life_read, ready_write)
         finally:
             if self.pid != 0:
                 libc.setns(self.own_pid_namespace, libc.CLONE_NEWPID)
                 os.close(ready_write)
-        self.ready_read = ready_read
-
-    def wait_until_ready(self) -> None:
-        if self.ready_read < 0:
-            return  # spawned: ready as soon as it runs
-        answer = _read_answer(self.ready_read, time.monotonic() + BUILD_SECONDS)
-        self.ready_read = -1
-        if answer != b"ok":  # init wrote why it failed, or stalled
-            raise OSError(answer.decode(errors="replace") or "init stalled")
+        _wait_until_running(ready_read)
 
     def kill(self) -> None:
-        if self.ready_read >= 0:
-            os.close(self.ready_read)
-            self.ready_read = -1
         if self.pid > 0:
             try:
                 os.kill(self.pid, signal.SIGKILL)
@@ -427,17 +418,15 @@ def _return_to(own: dict[int, int]) -> None:
         os._exit(1)
 
 
-def _become_init(blueprint: Blueprint, life_read: int, ready_write: int) -> None:
-    """PID 1 of the new container: its /proc, then wait, as a shell, for pytest to let go."""
+def _become_init(proc: str, life_read: int, ready_write: int) -> None:
+    """A forked init: the /proc of its PID namespace, then the shell that waits for pytest to let go."""
     try:
-        rootfs.mount_proc("/proc")
-        hardening.mask_kernel_paths(blueprint.masked_files, blueprint.masked_directories, blueprint.read_only)
+        rootfs.mount_proc(proc)
         os.dup2(life_read, 0)
+        os.dup2(ready_write, 1)  # the shell says it runs there
         null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, 1)
         os.dup2(null, 2)
-        os.write(ready_write, b"ok")
-        os.execv("/bin/sh", [INIT_NAME, "-c", INIT_SCRIPT])
+        os.execv("/bin/sh", [INIT_NAME, "-c", INIT_READY_SCRIPT])
     except BaseException as error:
         try:
             os.write(ready_write, f" {type(error).__name__}: {error}".encode())
@@ -447,18 +436,20 @@ def _become_init(blueprint: Blueprint, life_read: int, ready_write: int) -> None
         os._exit(1)
 
 
-def _read_answer(fd: int, deadline: float) -> bytes:
-    """init's "ok", or why it failed; not waiting for its exec, which a spawned init needs as well."""
+def _wait_until_running(ready_read: int) -> None:
+    """Until init's shell runs (its libraries loaded from the host's root), or why it could not."""
+    deadline = time.monotonic() + BUILD_SECONDS
     data = b""
     try:
-        while len(data) < 4096 and data != b"ok":
-            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        while len(data) < 4096 and not data.endswith(b"\n"):
+            ready, _, _ = select.select([ready_read], [], [], max(0.0, deadline - time.monotonic()))
             if not ready:
-                return data + b" (timed out)"
-            chunk = os.read(fd, 4096)
+                raise OSError(f"init did not start within {BUILD_SECONDS:.0f}s")
+            chunk = os.read(ready_read, 4096)
             if not chunk:
                 break
             data += chunk
     finally:
-        os.close(fd)
-    return data
+        os.close(ready_read)
+    if data != b"\n":  # a forked init wrote why it failed, or it died
+        raise OSError(data.decode(errors="replace").strip() or "init exited at its start")
