@@ -11,8 +11,9 @@ import sys
 import types
 
 if __name__ == "__main__":
+    # The package's modules are found through its __path__ alone: nothing
+    # of site-packages is put before the standard library.
     package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    sys.path.insert(0, os.path.dirname(package_dir))
     package = types.ModuleType("pytest_isolate")
     package.__path__ = [package_dir]
     sys.modules["pytest_isolate"] = package
