@@ -37,8 +37,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import resource
+import select
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
@@ -58,6 +60,9 @@ INIT_NAME = "pytest-isolate-init"
 # `trap '' CHLD` sets SIGCHLD to SIG_IGN: the kernel then reaps exited
 # children itself.  `read` returns at end-of-file, when pytest lets go.
 INIT_SCRIPT = "trap '' CHLD; read _"
+
+# How long a spawned init's shell may take to start (seconds under an emulator).
+INIT_START_SECONDS = 60.0
 
 # The OOM killer should pick the test's processes, not init: raising a score
 # is always allowed (lowering one needs CAP_SYS_RESOURCE).
@@ -85,6 +90,29 @@ def spawn_init(pipe_read_fd: int, ready_fd: int = -1) -> int:
             (os.POSIX_SPAWN_DUP2, stdout, 1) if stdout is not None else (os.POSIX_SPAWN_DUP2, 2, 1),
         ],
     )
+
+
+def wait_until_running(ready_read: int, seconds: float) -> None:
+    """Until init's shell runs (``INIT_READY_SCRIPT``), or why it could not; closes ``ready_read``.
+
+    Only then may the root it loaded its libraries from be switched away:
+    a root without them (a tiny directory) would leave init dead at its start.
+    """
+    deadline = time.monotonic() + seconds
+    data = b""
+    try:
+        while len(data) < 4096 and not data.endswith(b"\n"):
+            ready, _, _ = select.select([ready_read], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise OSError(f"init did not start within {seconds:.0f}s")
+            chunk = os.read(ready_read, 4096)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(ready_read)
+    if data != b"\n":  # a forked init wrote why it failed, or it died
+        raise OSError(data.decode(errors="replace").strip() or "init exited at its start")
 
 
 class Channel(Protocol):
@@ -147,12 +175,7 @@ class ContainerJob:
 def run_test_process(job: ContainerJob) -> NoReturn:
     """As root: the forked test process (pytest already made the PID namespace)."""
     with _reported(job.channel) as step:
-        step("start the container")
-        # pytest is outside our PID namespace: getppid() shows it as 0.
-        _leave_pytest(job, parent=0)
-        step("join the test's cgroup")
-        if job.cgroup is not None:
-            job.cgroup.attach()
+        _start_as_root(job, step)
         step("create the container's namespaces")
         libc.unshare(_namespace_flags(job))
         job.net.after_unshare()
@@ -163,11 +186,7 @@ def run_test_process(job: ContainerJob) -> NoReturn:
 def run_prepared_test_process(job: ContainerJob) -> NoReturn:
     """As root: the forked test process, into a container the preparer built ahead."""
     with _reported(job.channel) as step:
-        step("start the container")
-        _leave_pytest(job, parent=0)
-        step("join the test's cgroup")
-        if job.cgroup is not None:
-            job.cgroup.attach()
+        _start_as_root(job, step)
         step("enter the container's namespaces")
         cwd = os.getcwd()
         for fd, kind in job.joined:  # the mount namespace last: it moves us to its root
@@ -178,6 +197,15 @@ def run_prepared_test_process(job: ContainerJob) -> NoReturn:
         _enter_working_directory(cwd)
         _settle(job, step)
     _run_test(job, None)
+
+
+def _start_as_root(job: ContainerJob, step) -> None:  # type: ignore[no-untyped-def]
+    step("start the container")
+    # pytest is outside our PID namespace: getppid() shows it as 0.
+    _leave_pytest(job, parent=0)
+    step("join the test's cgroup")
+    if job.cgroup is not None:
+        job.cgroup.attach()
 
 
 def run_rootless_launcher(job: ContainerJob) -> NoReturn:
@@ -196,7 +224,10 @@ def run_rootless_launcher(job: ContainerJob) -> NoReturn:
         step("create the container's namespaces")
         libc.unshare(_namespace_flags(job) | libc.CLONE_NEWPID)
         job.net.after_unshare()
-        init_pid = spawn_init(job.init_pipe_read)
+        ready_read, ready_write = os.pipe()
+        init_pid = spawn_init(job.init_pipe_read, ready_write)
+        os.close(ready_write)
+        wait_until_running(ready_read, INIT_START_SECONDS)  # before the test switches the root away
         test_pid = os.fork()
         if test_pid == 0:
             with _reported(job.channel) as step:

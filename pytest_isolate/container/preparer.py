@@ -43,10 +43,9 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 from pytest_isolate.container import hardening, libc, network, rootfs, sysfiles
-from pytest_isolate.container.launcher import INIT_NAME, INIT_READY_SCRIPT, spawn_init
+from pytest_isolate.container.launcher import INIT_NAME, INIT_READY_SCRIPT, spawn_init, wait_until_running
 from pytest_isolate.container.mountplan import MountOp, MountPlan
 from pytest_isolate.container.prepared import PreparedPidNamespace, pending
 from pytest_isolate.errors import ContainerError
@@ -383,7 +382,7 @@ class _Init:
             if error.errno == errno.EINVAL:
                 raise _NoPidnsOption from None
             raise
-        _wait_until_running(ready_read)
+        wait_until_running(ready_read, BUILD_SECONDS)
 
     def fork_with_proc(self, target: str) -> None:
         """init forked, to mount its /proc itself before it becomes the shell."""
@@ -397,7 +396,7 @@ class _Init:
             if self.pid != 0:
                 libc.setns(self.own_pid_namespace, libc.CLONE_NEWPID)
                 os.close(ready_write)
-        _wait_until_running(ready_read)
+        wait_until_running(ready_read, BUILD_SECONDS)
 
     def kill(self) -> None:
         if self.pid > 0:
@@ -434,22 +433,3 @@ def _become_init(proc: str, life_read: int, ready_write: int) -> None:
             os._exit(1)
     finally:
         os._exit(1)
-
-
-def _wait_until_running(ready_read: int) -> None:
-    """Until init's shell runs (its libraries loaded from the host's root), or why it could not."""
-    deadline = time.monotonic() + BUILD_SECONDS
-    data = b""
-    try:
-        while len(data) < 4096 and not data.endswith(b"\n"):
-            ready, _, _ = select.select([ready_read], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                raise OSError(f"init did not start within {BUILD_SECONDS:.0f}s")
-            chunk = os.read(ready_read, 4096)
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        os.close(ready_read)
-    if data != b"\n":  # a forked init wrote why it failed, or it died
-        raise OSError(data.decode(errors="replace").strip() or "init exited at its start")
