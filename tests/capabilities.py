@@ -137,26 +137,15 @@ def has(capability: str) -> bool:
 def _proc_takes_pidns() -> bool:
     """Mount a proc with pidns= in a throw-away child's private mount namespace."""
     from pytest_isolate.container import libc, rootfs
+    from pytest_isolate.container.child import answer_from_child
 
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        answer = b"no"
-        try:
-            libc.unshare(libc.CLONE_NEWNS)
-            libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
-            libc.mount("proc", rootfs.ensure_stage_dir(), "proc", 0, "pidns=/proc/self/ns/pid")
-            answer = b"yes"
-        except BaseException:
-            pass
-        finally:
-            os.write(write_end, answer)
-            os._exit(0)
-    os.close(write_end)
-    answer = os.read(read_end, 8)
-    os.close(read_end)
-    os.waitpid(pid, 0)
-    return answer == b"yes"
+    def question() -> bytes:
+        libc.unshare(libc.CLONE_NEWNS)
+        libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+        libc.mount("proc", rootfs.ensure_stage_dir(), "proc", 0, "pidns=/proc/self/ns/pid")
+        return b"yes"
+
+    return answer_from_child(question) == b"yes"
 
 
 def _delegated_cgroup() -> str | None:

@@ -114,17 +114,13 @@ def diagnose(trial: Trial, path: str | None = None) -> Restriction | None:
 def bare_user_namespace_works() -> bool:
     """Whether ``unshare(CLONE_NEWUSER)`` alone succeeds (in a child, which then exits)."""
     from pytest_isolate.container import libc
+    from pytest_isolate.container.child import answer_from_child
 
-    pid = os.fork()
-    if pid == 0:
-        status = 1
-        try:
-            libc.unshare(libc.CLONE_NEWUSER)
-            status = 0
-        finally:
-            os._exit(status)  # whatever happens, the child never returns into pytest
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status) == 0
+    def question() -> bytes:
+        libc.unshare(libc.CLONE_NEWUSER)
+        return b"ok"
+
+    return answer_from_child(question) == b"ok"
 
 
 def state(trial: Trial, path: str | None = None) -> str:

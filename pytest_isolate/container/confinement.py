@@ -199,29 +199,18 @@ def apparmor_profile() -> str | None:
 
 def try_route(route: str, stage: str) -> Trial:
     """Build the skeleton of a container in a forked child; report the first refusal."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child's coverage is not collected
-        os.close(read_fd)
-        answer = b"ok"
+    from pytest_isolate.container.child import answer_from_child
+
+    def question() -> bytes:
         try:
             _trial_steps(route, stage)
         except _Refused as refused:
-            answer = f"{refused.step}\n{refused.error}".encode()
+            return f"{refused.step}\n{refused.error}".encode()
         except BaseException:
-            answer = f"{STEP_UNSHARE}\n{errno.EIO}".encode()
-        try:
-            os.write(write_fd, answer)
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    try:
-        data = b""
-        while chunk := os.read(read_fd, 512):
-            data += chunk
-    finally:
-        os.close(read_fd)
-        os.waitpid(pid, 0)
+            return f"{STEP_UNSHARE}\n{errno.EIO}".encode()
+        return b"ok"
+
+    data = answer_from_child(question)
     if data == b"ok":
         return Trial(route)
     step, _, number = data.decode(errors="replace").partition("\n")

@@ -27,6 +27,7 @@ import shutil
 import tempfile
 
 from pytest_isolate.container import libc, userns
+from pytest_isolate.container.child import answer_from_child
 
 # The kernel release that taught tmpfs user.* xattrs (mm/shmem.c, 6.6).
 TMPFS_USER_XATTRS = "6.6"
@@ -52,29 +53,17 @@ class OverlayProbe:
 def probe(in_user_namespace: bool) -> OverlayProbe:
     """Mount a tiny overlay (tmpfs lower, upper, work) in a child; cached per process."""
     base = tempfile.mkdtemp(prefix="pytest-isolate-probe-")
-    read, write = os.pipe()
+
+    def question() -> bytes:
+        try:
+            answer = _try(base, in_user_namespace)
+        except BaseException as error:  # noqa: BLE001 - anything at all is the answer
+            answer = {"mounts": False, "writes": False, "xattrs": None, "failure": f"probe: {error}"}
+        return json.dumps(answer).encode()
+
     try:
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child reports through the pipe
-            try:
-                os.close(read)
-                try:
-                    answer = _try(base, in_user_namespace)
-                except BaseException as error:  # noqa: BLE001 - anything at all is the answer
-                    answer = {"mounts": False, "writes": False, "xattrs": None, "failure": f"probe: {error}"}
-                os.write(write, json.dumps(answer).encode())
-            finally:
-                os._exit(0)  # whatever happens, the child never returns into pytest
-        os.close(write)
-        write = -1
-        data = b""
-        while chunk := os.read(read, 4096):
-            data += chunk
-        os.waitpid(pid, 0)
+        data = answer_from_child(question)
     finally:
-        os.close(read)
-        if write >= 0:
-            os.close(write)
         shutil.rmtree(base, ignore_errors=True)
     try:
         answer = json.loads(data)

@@ -46,20 +46,14 @@ def map_root_to_nobody(pid: int) -> None:
 
 def available() -> tuple[bool, str]:
     """Can this (non-root) process make a user namespace?  Asked by trying, in a child."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
+    from pytest_isolate.container.child import answer_from_child
+
+    def question() -> bytes:
         try:
-            os.close(read)
-            try:
-                enter_as_root()
-                os.write(write, b"ok")
-            except OSError as error:
-                os.write(write, f"{error.strerror}".encode())
-        finally:
-            os._exit(0)  # whatever happens, the child never returns into pytest
-    os.close(write)
-    answer = os.read(read, 200).decode()
-    os.close(read)
-    os.waitpid(pid, 0)
+            enter_as_root()
+        except OSError as error:
+            return f"{error.strerror}".encode()
+        return b"ok"
+
+    answer = answer_from_child(question).decode(errors="replace")
     return (answer == "ok", answer)
