@@ -77,10 +77,6 @@ def mask_kernel_paths(files: tuple[str, ...], directories: tuple[str, ...], read
         remount_read_only(path)
 
 
-def drop_capabilities(keep: frozenset[str], last_capability: int) -> None:
-    Restriction.made(keep, last_capability, None).drop_capabilities()
-
-
 def set_no_new_privs() -> None:
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
 
