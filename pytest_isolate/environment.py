@@ -129,6 +129,7 @@ class EnvironmentPlanner:
 
     def __init__(self) -> None:
         self._decisions: dict[EnvPolicy, dict[str, bool]] = {}
+        self._hides_original: dict[EnvPolicy, bool] = {}
         self.original_block = original_environment_block()
         self.original_names = _original_names()
 
@@ -145,7 +146,10 @@ class EnvironmentPlanner:
                 drop.append(name)
         # Zeroing the original block costs ~0.4 ms per test (every variable
         # copied anew): only when it holds a variable the test must not see.
-        hidden = any(not decisions.setdefault(name, policy.passes(name)) for name in self.original_names)
+        # The block never changes, so neither does the answer for a policy.
+        hidden = self._hides_original.get(policy)
+        if hidden is None:
+            hidden = self._hides_original[policy] = any(not policy.passes(name) for name in self.original_names)
         if not drop and not hidden:
             return None
         return EnvironmentPlan(tuple(drop), self.original_block if hidden else None)

@@ -110,6 +110,8 @@ class Runtime:
         # Issue 10: the host's credential files and environment, planned once.
         self.secrets = credentials.existing_secrets()
         self._secret_masks: dict[str, list[MountOp]] = {}
+        self._common: dict[tuple[int, bool], list[MountOp]] = {}
+        self._hosts: MountOp | None = None
         self.environment = EnvironmentPlanner()
         # The PID namespace children go back to after each container.
         self.own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
@@ -163,14 +165,27 @@ class Runtime:
             root = self.host_ops
         if "SYS_ADMIN" in spec.caps:
             root = with_overlays_only(root)
-        devices = device_ops(shm_size=spec.disk, nodes_by_mknod=not userns)
-        plan = MountPlan(root + devices + [MountOp("sysfs", "/sys", readonly=True)])
+        plan = MountPlan(root + self._common_ops(spec.disk, mknod=not userns))
         if spec.net.own_namespace:
-            plan.add_file("/etc/hosts", hosts_file(spec.hostname))
+            plan.ops.append(self._hosts_op(spec.hostname))
         if not spec.secrets:
             plan.ops += self.secret_masks(spec.rootfs, root)
         item.config.hook.pytest_isolate_mount_plan(item=item, spec=spec, plan=plan)
         return plan
+
+    # The ops every plan shares are made once, so that consecutive tests'
+    # plans hold the very same objects: the preparer's blueprints then
+    # compare equal by identity, op for op, on every test.
+    def _common_ops(self, disk: int, *, mknod: bool) -> list[MountOp]:
+        key = (disk, mknod)
+        if key not in self._common:
+            self._common[key] = [*device_ops(shm_size=disk, nodes_by_mknod=mknod), MountOp("sysfs", "/sys", readonly=True)]
+        return self._common[key]
+
+    def _hosts_op(self, hostname: str) -> MountOp:
+        if self._hosts is None or self._hosts.source != hosts_file(hostname):  # the last test's, nearly always
+            self._hosts = MountOp("file", "/etc/hosts", source=hosts_file(hostname))
+        return self._hosts
 
     def secret_masks(self, rootfs_name: str, root: list[MountOp]) -> list[MountOp]:
         """The masks over the host's credential files that this root shows (once per root)."""

@@ -281,6 +281,7 @@ def serve(socket_fd: int, pytest_pid: int, *, forked_init: bool = False) -> None
     os.set_inheritable(socket_fd, False)
     channel = socket.socket(fileno=socket_fd)
     own = {kind: os.open(f"/proc/self/ns/{name}", os.O_RDONLY | os.O_CLOEXEC) for name, kind in NAMESPACE_FLAGS}
+    last: tuple[bytes, Blueprint] | None = None  # the same blueprint, nearly always: decoded once
     while True:
         try:
             data = channel.recv(MAX_BLUEPRINT_BYTES)
@@ -288,7 +289,9 @@ def serve(socket_fd: int, pytest_pid: int, *, forked_init: bool = False) -> None
             return
         if not data:
             return
-        reply, fds = _build(Blueprint.decode(data), own)
+        if last is None or last[0] != data:
+            last = (data, Blueprint.decode(data))
+        reply, fds = _build(last[1], own)
         try:
             socket.send_fds(channel, [reply], fds)
         except OSError:
