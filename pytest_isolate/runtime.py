@@ -118,6 +118,8 @@ class Runtime:
         self._prepared: PreparedPidNamespace | None = None
         # As root, whole containers built ahead (see container.preparer).
         self.preparer = Preparer() if bool(config.getini("isolate_prepare")) and not self.rootless else None
+        if self.preparer is not None:
+            self.preparer.start()
         self._last_blueprint: Blueprint | None = None
         self.stage = rootfs.ensure_stage_dir()
         if self.cgroups is not None and os.geteuid() == 0 and self.cgroups_writable():

@@ -121,6 +121,15 @@ class Preparer:
         self.disabled = False
         self.last_error: str | None = None  # the preparer's word on the last container it could not build
 
+    def start(self) -> None:
+        """Start the process now: its start-up (~0.1 s) then overlaps the first tests instead of delaying a later one."""
+        if self.disabled:
+            return
+        try:
+            self._start()
+        except OSError:
+            self._give_up()
+
     def request(self, blueprint: Blueprint) -> None:
         """Have ``AHEAD`` containers built for ``blueprint`` while the current test runs.
 
