@@ -332,6 +332,29 @@ def test_b():
     result.assert_outcomes(passed=2)
 
 
+def test_the_preparer_starts_with_the_sessions_first_isolated_test(pytester: pytest.Pytester, host_state) -> None:
+    # Its start-up (an interpreter and the container modules) then overlaps
+    # the first tests instead of delaying the first test that takes a container.
+    pytester.makeconftest(
+        """
+import os
+
+def pytest_runtest_logfinish(nodeid):
+    with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as handle:
+        commands = []
+        for pid in handle.read().split():
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                commands.append(cmdline.read())
+    print(f"preparer after {nodeid.split('::')[-1]}:", any(b"preparer_main.py" in c for c in commands))
+"""
+    )
+    pytester.makepyfile(test_one="def test_only():\n    pass\n")
+    result = run(pytester, "--isolate", "-s")
+    assert result.ret == 0, result.stdout.str()
+    result.assert_outcomes(passed=1)
+    assert "preparer after test_only: True" in result.stdout.str()
+
+
 def test_a_preparer_killed_mid_session_only_costs_speed(pytester: pytest.Pytester, host_state) -> None:
     pytester.makeconftest(
         """
