@@ -36,6 +36,9 @@ each configuration again with ``-n 2``.
 
 Every run is a fresh ``python -m pytest`` subprocess, so interpreter start-up
 and collection are in every number alike and cancel out of the overheads.
+The plugin is byte-compiled for each interpreter first, as an installed one
+is: under PYTHONDONTWRITEBYTECODE an editable install would compile every
+module of the plugin again in every run (about 0.15 s here).
 Standard library only; Python 3.9+.
 """
 
@@ -232,6 +235,26 @@ def child_env() -> Dict[str, str]:
     env = {key: value for key, value in os.environ.items() if key not in SCRUBBED_ENV and key != MOUNTS_READY_ENV}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH_DIR), env.get("PYTHONPATH")]))
     return env
+
+
+def precompile(configs: List[Configuration]) -> None:
+    """Byte-compile the plugin (and benchmarks/) for every interpreter, once, before any run.
+
+    Users' installs have their .pyc files; an editable install under
+    PYTHONDONTWRITEBYTECODE (CI images set it) would otherwise compile every
+    module of the plugin in every run, and that is no cost of a test.
+    """
+    code = (
+        "import compileall, os, sys, pytest_isolate; "
+        "ok = compileall.compile_dir(os.path.dirname(pytest_isolate.__file__), quiet=1) "
+        "and compileall.compile_dir(sys.argv[1], quiet=1, maxlevels=0); "
+        "sys.exit(0 if ok else 1)"
+    )
+    env = {key: value for key, value in child_env().items() if key != "PYTHONDONTWRITEBYTECODE"}
+    for python in sorted({config.python for config in configs}):
+        done = subprocess.run([python, "-c", code, str(BENCH_DIR)], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"bench.py: byte-compiling pytest_isolate for {python} failed:\n{done.stdout}{done.stderr}")
 
 
 def _machine_cpu() -> float:
@@ -500,6 +523,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.mounts and os.environ.get(MOUNTS_READY_ENV) != "1":
         reexec_with_mounts(argv)  # never returns
     configs = configurations(args)
+    precompile(configs)
     with tempfile.TemporaryDirectory(prefix="pytest-isolate-bench-") as tmp:
         root = Path(tmp)
         suite_dir = root / "suite"

@@ -132,6 +132,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     extra = args.extra.split()
     results = {}
     plain: Dict[str, float] = {}
+    bench.precompile([bench.Configuration("this interpreter", [])])
     with tempfile.TemporaryDirectory(prefix="pytest-isolate-breakdown-") as tmp:
         suite_dir = Path(tmp) / "suite"
         suite_dir.mkdir()

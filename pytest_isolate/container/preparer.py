@@ -241,11 +241,11 @@ class Preparer:
             self._socket.close()
             self._socket = None
         if self._process is not None:
-            try:
-                self._process.wait(timeout=5)  # it ends at the socket's end-of-file
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+            # Killed, not waited for: it may still be starting (a short
+            # session), and nothing it holds outlives it (a container being
+            # built dies with its init's pipe, its mounts with its namespaces).
+            self._process.kill()
+            self._process.wait()
             self._process = None
 
 
