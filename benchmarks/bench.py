@@ -363,14 +363,16 @@ def summarize(configs: List[Configuration], suite: Suite, extra_mounts: int, mou
         # An overhead at or under zero is noise; a ratio over it is meaningless.
         return by_name[over][key] / low if low > 0 else None
 
+    # Each isolate configuration (--compare-with ones too) against the bare
+    # fork with as many workers.
     ratios = {
-        "isolate / bare-fork": ratio("isolate", "bare-fork"),
-        "isolate / forked": ratio("isolate", "forked"),
-        "forked / bare-fork": ratio("forked", "bare-fork"),
+        f"{name} / {under}": ratio(name, under)
+        for name in by_name
+        if name.startswith("isolate")
+        for under in (f"bare-fork {name.partition(' ')[2]}".strip(),)
     }
-    for name in by_name:
-        if name.startswith("isolate@"):  # --compare-with
-            ratios[f"{name} / bare-fork"] = ratio(name, "bare-fork")
+    ratios["isolate / forked"] = ratio("isolate", "forked")
+    ratios["forked / bare-fork"] = ratio("forked", "bare-fork")
     cpu_ratios = {
         f"{name} / {under}": ratio(name, under, "cpu_overhead_ms_per_test")
         for name in by_name
@@ -395,7 +397,7 @@ def summarize(configs: List[Configuration], suite: Suite, extra_mounts: int, mou
         "overhead_ratios": {name: value for name, value in ratios.items() if value is not None},
         "cpu_overhead_ratios": {name: value for name, value in cpu_ratios.items() if value is not None},
         # The old key, kept for scripts that read it.
-        "isolate_to_bare_fork_overhead_ratio": ratios["isolate / bare-fork"],
+        "isolate_to_bare_fork_overhead_ratio": ratios.get("isolate / bare-fork"),
         "n2_over_serial": scaling,
     }
 
