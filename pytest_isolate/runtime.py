@@ -111,7 +111,7 @@ class Runtime:
         self.secrets = credentials.existing_secrets()
         self._secret_masks: dict[str, list[MountOp]] = {}
         self._common: dict[tuple[int, bool], list[MountOp]] = {}
-        self._hosts: MountOp | None = None
+        self._hosts: tuple[str, MountOp] | None = None  # the last hostname's
         self.environment = EnvironmentPlanner()
         # The PID namespace children go back to after each container.
         self.own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
@@ -185,9 +185,9 @@ class Runtime:
         return self._common[key]
 
     def _hosts_op(self, hostname: str) -> MountOp:
-        if self._hosts is None or self._hosts.source != hosts_file(hostname):  # the last test's, nearly always
-            self._hosts = MountOp("file", "/etc/hosts", source=hosts_file(hostname))
-        return self._hosts
+        if self._hosts is None or self._hosts[0] != hostname:  # the last test's, nearly always
+            self._hosts = (hostname, MountOp("file", "/etc/hosts", source=hosts_file(hostname)))
+        return self._hosts[1]
 
     def secret_masks(self, rootfs_name: str, root: list[MountOp]) -> list[MountOp]:
         """The masks over the host's credential files that this root shows (once per root)."""

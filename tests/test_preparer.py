@@ -248,15 +248,32 @@ def _children(preparer: Preparer) -> list[int]:
 
 # --------------------------------------------------------- through the plugin
 
-BUILT_AHEAD = """
-import os, socket
-from pytest_isolate import isolated
-
+# In a test module: whether its container was built ahead.  The preparer's
+# init made the container and lives in it; pytest's own init (a test that
+# builds its container itself) stays in the host's mounts.
+BUILT_AHEAD_CHECK = """
 def built_ahead():
-    # The preparer's init made the container and lives in it; pytest's own
-    # init (a test that builds its container itself) stays in the host's mounts.
     with open("/proc/self/mountinfo") as own, open("/proc/1/mountinfo") as inits:
         return own.read() == inits.read()
+"""
+
+# In a conftest: the command lines of pytest's children (the preparer's is one).
+CHILDREN_COMMANDS = """
+import os
+
+def children_commands():
+    with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as handle:
+        pids = handle.read().split()
+    commands = {}
+    for pid in pids:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            commands[int(pid)] = cmdline.read()
+    return commands
+"""
+
+BUILT_AHEAD = BUILT_AHEAD_CHECK + """
+import os, socket
+from pytest_isolate import isolated
 
 def test_first():
     assert not built_ahead()  # nothing to predict it from
@@ -315,10 +332,7 @@ def test_each_test_after_the_first_runs_in_a_container_built_to_its_predecessors
 
 def test_isolate_prepare_false_builds_every_container_in_its_test(pytester: pytest.Pytester, host_state) -> None:
     pytester.makepyfile(
-        test_own="""
-def built_ahead():
-    with open("/proc/self/mountinfo") as own, open("/proc/1/mountinfo") as inits:
-        return own.read() == inits.read()
+        test_own=BUILT_AHEAD_CHECK + """
 
 def test_a():
     assert not built_ahead()
@@ -336,16 +350,11 @@ def test_the_preparer_starts_with_the_sessions_first_isolated_test(pytester: pyt
     # Its start-up (an interpreter and the container modules) then overlaps
     # the first tests instead of delaying the first test that takes a container.
     pytester.makeconftest(
-        """
-import os
-
+        CHILDREN_COMMANDS
+        + """
 def pytest_runtest_logfinish(nodeid):
-    with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as handle:
-        commands = []
-        for pid in handle.read().split():
-            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-                commands.append(cmdline.read())
-    print(f"preparer after {nodeid.split('::')[-1]}:", any(b"preparer_main.py" in c for c in commands))
+    running = any(b"preparer_main.py" in command for command in children_commands().values())
+    print(f"preparer after {nodeid.split('::')[-1]}:", running)
 """
     )
     pytester.makepyfile(test_one="def test_only():\n    pass\n")
@@ -357,25 +366,21 @@ def pytest_runtest_logfinish(nodeid):
 
 def test_a_preparer_killed_mid_session_only_costs_speed(pytester: pytest.Pytester, host_state) -> None:
     pytester.makeconftest(
-        """
-import os, signal
+        CHILDREN_COMMANDS
+        + """
+import signal
 
 def pytest_runtest_logfinish(nodeid):
     if not nodeid.endswith("test_third"):
         return
-    with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as handle:
-        for pid in handle.read().split():
-            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-                if b"preparer_main.py" in cmdline.read():
-                    os.kill(int(pid), signal.SIGKILL)
-                    print("killed the preparer")
+    for pid, command in children_commands().items():
+        if b"preparer_main.py" in command:
+            os.kill(pid, signal.SIGKILL)
+            print("killed the preparer")
 """
     )
     pytester.makepyfile(
-        test_killed="""
-def built_ahead():
-    with open("/proc/self/mountinfo") as own, open("/proc/1/mountinfo") as inits:
-        return own.read() == inits.read()
+        test_killed=BUILT_AHEAD_CHECK + """
 
 def test_first():
     assert not built_ahead()

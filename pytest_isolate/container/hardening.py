@@ -181,7 +181,21 @@ def build_filter(arch: str, *, admin: bool = False) -> bytes:
 
 def install_seccomp_filter(code: bytes) -> None:
     """Needs no_new_privs (or CAP_SYS_ADMIN) first."""
-    Restriction.made(frozenset(CAPABILITIES), 0, code).install_seccomp_filter()
+    buffers = _filter_program(code)  # kept alive until the kernel has copied the filter
+    _install_program(buffers[1])
+
+
+def _filter_program(code: bytes) -> tuple[ctypes.Array[ctypes.c_char], ctypes.Array[ctypes.c_char]]:
+    """The filter's instructions and the ``struct sock_fprog`` that points at them."""
+    instructions = ctypes.create_string_buffer(code)
+    # struct sock_fprog { unsigned short len; struct sock_filter *filter; }
+    fprog = struct.pack("HxxxxxxP", len(code) // 8, ctypes.addressof(instructions))
+    return instructions, ctypes.create_string_buffer(fprog)
+
+
+def _install_program(program: ctypes.Array[ctypes.c_char]) -> None:
+    if libc.raw.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(program), 0, 0) != 0:
+        _raise_errno("prctl(PR_SET_SECCOMP)")
 
 
 class Restriction:
@@ -197,12 +211,7 @@ class Restriction:
         self.drop = drop
         self.header = header
         self.data = data
-        self.filter_buffer = None if seccomp is None else ctypes.create_string_buffer(seccomp)
-        self.program = None
-        if self.filter_buffer is not None and seccomp is not None:
-            # struct sock_fprog { unsigned short len; struct sock_filter *filter; }
-            fprog = struct.pack("HxxxxxxP", len(seccomp) // 8, ctypes.addressof(self.filter_buffer))
-            self.program = ctypes.create_string_buffer(fprog)
+        self.filter = None if seccomp is None else _filter_program(seccomp)
 
     @classmethod
     def made(cls, keep: frozenset[str], last_capability: int, seccomp: bytes | None) -> Restriction:
@@ -231,8 +240,8 @@ class Restriction:
             _raise_errno("capset")
 
     def install_seccomp_filter(self) -> None:
-        if self.program is not None and libc.raw.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(self.program), 0, 0) != 0:
-            _raise_errno("prctl(PR_SET_SECCOMP)")
+        if self.filter is not None:
+            _install_program(self.filter[1])
 
 
 def _raise_errno(operation: str) -> None:
@@ -269,21 +278,13 @@ class Hardening:
             seccomp_admin=build_filter(arch, admin=True) if seccomp_supported() else None,
         )
 
-    def apply(self, extra_capabilities: frozenset[str]) -> None:
-        """All of the above, in order.  The container must be fully built."""
-        self.mask()
-        self.restrict(extra_capabilities)
-
     def mask(self) -> None:
         """The masks over kernel paths: mounts, so part of building the container."""
         mask_kernel_paths(self.masked_files, self.masked_directories, self.read_only)
 
-    def restrict(self, extra_capabilities: frozenset[str]) -> None:
-        """What the test process itself gives up: capabilities, new privileges, syscalls."""
-        self.restriction(extra_capabilities).apply()
-
     def restriction(self, extra_capabilities: frozenset[str]) -> Restriction:
-        """Made in pytest, once per set of granted capabilities; applied in the test process."""
+        """What the test process gives up (capabilities, new privileges, syscalls): made in pytest,
+        once per set of granted capabilities, and applied in the test process."""
         keep = DEFAULT_CAPABILITIES | extra_capabilities
         if keep not in _restrictions:
             code = self.seccomp_admin if "SYS_ADMIN" in keep else self.seccomp

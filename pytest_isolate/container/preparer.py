@@ -7,8 +7,9 @@ costs 5-7 ms per test (19 ms with 60 host mounts), and every page of pytest's
 heap that the Python code touches on the way is copied.  So, as root, a
 *preparer* builds the next containers while the current test runs::
 
-    pytest ── preparer: a fresh interpreter (python -I -S), started once per
-              │         session, a few MB, knowing nothing of pytest
+    pytest ── preparer: a fresh interpreter (python -I -S), started with the
+              │         session's first isolated test, a few MB, knowing
+              │         nothing of pytest
               └── init: PID 1 of a container built ahead, /bin/sh waiting
                         for end-of-file on its pipe (``launcher.INIT_SCRIPT``)
 
@@ -160,8 +161,9 @@ class Preparer:
         """A container built for ``blueprint``; None: the test builds its own.
 
         The preparer builds in order: containers built to another blueprint
-        (a prediction that missed) are thrown away as they come; one that is
-        still being built is not waited for, the test builds its own instead.
+        (a prediction that missed) are thrown away as they come, and one of
+        them still being built is not waited for (the test builds its own
+        instead); the next one built for this blueprint is waited for.
         """
         while self._awaited:
             wanted = self._awaited[0] == blueprint
