@@ -218,13 +218,17 @@ def _arc(pair: object) -> tuple[int, int]:
 # --------------------------------------------------------------- reports
 
 # Fields pytest's TestReport serializes; anything else a plugin set on the
-# report in the container travels as plain data, unless its name is one of
-# the report class's own (an instance attribute "toterminal" would shadow
-# the method and crash the terminal summary).
+# report in the container travels as plain data, as pytest-xdist carries it
+# (Hypothesis's statistics, ``_hypothesis_stats``; pytest-html's ``extra``),
+# unless its name is one of the report classes' own (an instance attribute
+# "toterminal" would shadow the method and crash the terminal summary), a
+# dunder, or a mark pytest itself sets on a report in its own process.
 _REPORT_FIELDS = {
     "$report_type", "_report_type", "_subtest.context", "nodeid", "location", "keywords", "outcome",
     "longrepr", "when", "user_properties", "sections", "duration", "start", "stop",
 }  # fmt: skip
+# _pdbshown: --pdb showed this failure; the terminal leaves it out of its summary.
+_PYTEST_OWN_MARKS = frozenset({"_pdbshown"})
 
 
 def _check_report_fields(data: dict[str, Any]) -> None:
@@ -243,18 +247,28 @@ def _check_report_fields(data: dict[str, Any]) -> None:
             _number(data[name], f"the report's {name}", 0 if name == "duration" else -1e12, 1e12)
     _longrepr(data.get("longrepr"))
     for name in data:
-        if name not in _REPORT_FIELDS and (not isinstance(name, str) or name.startswith("_") or name in _report_attributes()):
+        if name not in _REPORT_FIELDS and (name.startswith("__") or name in _PYTEST_OWN_MARKS or name in _report_attributes()):
             raise ProtocolViolation(f"a report attribute {_short(name)} that reports may not carry")
     if "wasxfail" in data:
         _text(data["wasxfail"], "the report's xfail reason")
 
 
 def _report_attributes() -> frozenset[str]:
+    """The names of the report classes' own attributes, methods and properties (a subtest's too)."""
     global _ATTRIBUTES
     if _ATTRIBUTES is None:
         import pytest
 
-        _ATTRIBUTES = frozenset(dir(pytest.TestReport))
+        names = set(dir(pytest.TestReport))
+        for module in ("_pytest.subtests", "pytest_subtests"):  # pytest 9's own subtests, the older plugin
+            try:
+                classes = vars(__import__(module, fromlist=["*"])).values()
+            except ImportError:
+                continue
+            for value in classes:
+                if isinstance(value, type) and issubclass(value, pytest.TestReport):
+                    names.update(dir(value))
+        _ATTRIBUTES = frozenset(names)
     return _ATTRIBUTES
 
 

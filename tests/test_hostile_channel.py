@@ -54,6 +54,10 @@ EXPECTED = {
         "the report's outcome 'won', expected one of passed, failed, skipped"
     ),
     "test_malformed_report[shadowing]": INVALID.format("a report attribute 'toterminal' that reports may not carry"),
+    "test_malformed_report[shadowing-private]": INVALID.format(
+        "a report attribute '_to_json' that reports may not carry"
+    ),
+    "test_malformed_report[pdb-shown]": INVALID.format("a report attribute '_pdbshown' that reports may not carry"),
     "test_malformed_report[longrepr]": INVALID.format(
         "a failure's location with the fields ['path'], expected ['lineno', 'message', 'path']"
     ),

@@ -268,3 +268,39 @@ def test_subtests_reach_the_report(pytester: pytest.Pytester) -> None:
             "*= 2 failed in *",
         ]
     )
+
+
+# What Hypothesis does: a plugin sets attributes of its own on the report in
+# the test's process (here, the container) and reads them back in pytest's
+# terminal summary, as it would from a pytest-xdist worker.
+PLUGIN_ATTRIBUTES = """
+import pytest
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    if report.when == "teardown":
+        report.__dict__["_demo_stats"] = f"stats of {item.name}: pid {__import__('os').getpid() > 0}"
+        report.extra = [{"name": "log", "content": "x" * 3}]
+
+def pytest_terminal_summary(terminalreporter):
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if "_demo_stats" in report.__dict__:
+                terminalreporter.write_line(f"{report.__dict__['_demo_stats']} extra={report.extra}")
+"""
+
+
+@pytest.mark.requires(*CONTAINER)
+def test_a_plugins_own_report_attributes_reach_pytest(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(PLUGIN_ATTRIBUTES)
+    pytester.makepyfile("def test_one(): pass\n\ndef test_two(): pass\n")
+    plain = run(pytester, "-p", "no:isolate")
+    isolated = run(pytester, "--isolate")
+    expected = [
+        "stats of test_one: pid True extra=[{'name': 'log', 'content': 'xxx'}]",
+        "stats of test_two: pid True extra=[{'name': 'log', 'content': 'xxx'}]",
+    ]
+    for result in (plain, isolated):
+        result.assert_outcomes(passed=2)
+        assert [line for line in result.outlines if line.startswith("stats of")] == expected
