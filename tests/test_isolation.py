@@ -274,3 +274,39 @@ def test_user_namespace_as_root() -> None:
         assert "2 passed" in result.stdout.splitlines()[-1]
     finally:
         shutil.rmtree(project)
+
+
+def test_pytests_open_files_lead_nowhere_and_keep_their_numbers(pytester: pytest.Pytester, tmp_path) -> None:
+    # A file pytest holds through a Python object (the default --log-file
+    # handler's /dev/null, a conftest's log): in the container its number
+    # leads to /dev/null.  Closed, the number would go to the next file the
+    # test opens, and pytest's object would write into that file (found in
+    # pytest's own suite under pytest-xdist: log records in a test's capture).
+    held = tmp_path / "held-by-pytest.log"
+    pytester.makeconftest(
+        f"""
+        import pytest
+        HELD = open({str(held)!r}, "w")
+
+        @pytest.fixture
+        def held():
+            return HELD
+        """
+    )
+    pytester.makepyfile(
+        """
+        import os
+
+        def test_held(held):
+            assert os.getpid() == 2
+            fd = held.fileno()
+            assert os.readlink(f"/proc/self/fd/{fd}") == "/dev/null"
+            opened = [os.open(f"/tmp/mine-{n}", os.O_CREAT | os.O_WRONLY) for n in range(16)]
+            assert fd not in opened
+            held.write("through pytest's object\\n")
+            held.flush()
+            assert [os.fstat(mine).st_size for mine in opened] == [0] * 16
+        """
+    )
+    run(pytester, "--isolate").assert_outcomes(passed=1)
+    assert held.read_text() == ""

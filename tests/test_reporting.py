@@ -304,3 +304,25 @@ def test_a_plugins_own_report_attributes_reach_pytest(pytester: pytest.Pytester)
     for result in (plain, isolated):
         result.assert_outcomes(passed=2)
         assert [line for line in result.outlines if line.startswith("stats of")] == expected
+
+
+@pytest.mark.requires(*CONTAINER)
+def test_a_faked_clocks_negative_duration_is_reported_as_is(pytester: pytest.Pytester) -> None:
+    # A test that fakes time (freezegun, a patched perf_counter: pytest's own
+    # suite does) gets reports whose duration is negative, in a plain run too.
+    pytester.makeconftest(
+        """
+        import pytest
+
+        @pytest.hookimpl(hookwrapper=True)
+        def pytest_runtest_makereport(item, call):
+            report = (yield).get_result()
+            if report.when == "call":
+                report.duration = -1590118297.5
+        """
+    )
+    pytester.makepyfile("def test_frozen(): pass\n")
+    for args in (("-p", "no:isolate"), ("--isolate",)):
+        result = run(pytester, *args, "--durations=0", "--durations-min=-1e12")
+        result.assert_outcomes(passed=1)
+        assert "-1590118297.50s call     test_a_faked_clocks_negative_duration_is_reported_as_is.py::test_frozen" in result.outlines

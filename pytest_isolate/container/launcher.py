@@ -128,6 +128,8 @@ class Channel(Protocol):
 class Capture(Protocol):
     """Where the test's output goes (``pytest_isolate.output.CaptureFiles``)."""
 
+    null_fd: int  # pytest's /dev/null
+
     def redirect(self) -> None: ...
 
     def kept_fds(self) -> tuple[int, ...]: ...
@@ -266,12 +268,13 @@ def _leave_pytest(job: ContainerJob, *, parent: int) -> None:
     os.close(job.init_pipe_write)
     if job.inherit_fds:
         for fd in job.close_fds:
-            _close_quietly(fd)
+            _blank_quietly(fd, job.capture.null_fd)
     else:
         # Nothing of pytest's but what the container needs: an inherited
         # socket ignores the network namespace, an inherited file the
         # writable layer (pytest's --log-file, a session fixture's files).
-        libc.close_all_except(_descriptors_needed(job))
+        # Blanked, not closed, for the Python objects that still hold them.
+        libc.blank_all_except(_descriptors_needed(job), job.capture.null_fd)
     # A session of its own: no controlling terminal, so no TIOCSTI into the
     # terminal pytest runs in, and /dev/tty refuses to open.
     os.setsid()
@@ -288,6 +291,14 @@ def _descriptors_needed(job: ContainerJob) -> tuple[int, ...]:
     if job.rootless:  # the launcher starts init and may wait for its user map
         needed += [job.init_pipe_read, *(job.user_sync or ())]
     return tuple(needed)
+
+
+def _blank_quietly(fd: int, blank: int) -> None:
+    if fd >= 0:
+        try:
+            os.dup2(blank, fd, inheritable=False)
+        except OSError:
+            pass
 
 
 def _close_quietly(fd: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import fcntl
 import os
 import platform
 
@@ -110,6 +111,33 @@ def close_all_except(keep: tuple[int, ...] | list[int]) -> None:
         if fd > first:
             _close_range(first, fd - 1)
         first = fd + 1
+
+
+def blank_all_except(keep: tuple[int, ...] | list[int], blank: int) -> None:
+    """Point every descriptor of this process but those in ``keep`` at ``blank`` (``/dev/null``).
+
+    Not closed: a Python object of pytest's may still hold the number (the
+    default ``--log-file`` handler's ``/dev/null``, a session fixture's
+    file).  Closed, the number goes to the next file the test opens, and
+    that object writes into it - a log record in the test's own capture
+    file.  Blanked, it writes nowhere, and the number stays taken.  Each is
+    close-on-exec, as pytest's own are: the test's subprocesses get none.
+    """
+    kept = {fd for fd in keep if fd >= 0} | {blank}
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:  # no /proc: closed, as the one way left
+        close_all_except(tuple(kept))
+        return
+    for name in names:
+        fd = int(name)
+        if fd in kept:
+            continue
+        try:
+            fcntl.fcntl(fd, fcntl.F_GETFD)  # the listing's own descriptor is closed by now
+        except OSError:
+            continue
+        os.dup2(blank, fd, inheritable=False)
 
 
 def _close_range(first: int, last: int) -> None:
