@@ -22,6 +22,10 @@ The tests do nothing, so the numbers are the framework's overhead, not the
 tests'.  ``isolate overhead / bare-fork overhead`` says how much the
 container costs on top of the process.
 
+``--work-ms MS`` gives each trivial test MS ms of CPU work of its own:
+whether ``-n 2`` scales is a question about suites whose tests do work, since
+on trivial tests plain pytest's own ``-n 2`` is slower than serial.
+
 ``--mounts M`` runs everything in a private mount namespace of its own (the
 script re-executes itself under ``unshare -m``) with M extra small tmpfs
 mounts, the way a laptop with snaps has dozens: nothing reaches the host's
@@ -153,7 +157,22 @@ class Suite:
     description: str
 
 
-def write_trivial_suite(directory: Path, count: int) -> Suite:
+# With --work-ms: each test burns this much CPU time of its own (its
+# thread's clock, so waiting for a core does not count), as a real test's
+# body does.
+SPIN = """import time
+
+
+def _spin(seconds):
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+"""
+
+
+def write_trivial_suite(directory: Path, count: int, work_ms: float = 0) -> Suite:
     """``count`` separate test functions in one module.
 
     Separate functions rather than one parametrized test, so nothing in the
@@ -162,9 +181,14 @@ def write_trivial_suite(directory: Path, count: int) -> Suite:
     directory (or its addopts) can change the runs.
     """
     (directory / "pytest.ini").write_text("[pytest]\n")
-    body = "".join(f"def test_{i}():\n    assert {i} == {i}\n\n\n" for i in range(count))
+    if work_ms:
+        body = SPIN + "".join(f"def test_{i}():\n    _spin({work_ms / 1000!r})\n\n\n" for i in range(count))
+        description = f"{count} tests of {work_ms:g} ms of CPU each"
+    else:
+        body = "".join(f"def test_{i}():\n    assert {i} == {i}\n\n\n" for i in range(count))
+        description = f"{count} trivial tests"
     (directory / "test_trivial.py").write_text(body)
-    return Suite(directory, count, count, [], f"{count} trivial tests")
+    return Suite(directory, count, count, [], description)
 
 
 # A heap the way a heavy import or a session fixture leaves one: many small
@@ -472,6 +496,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--suite", choices=("trivial", "big"), default="trivial", help="which suite (trivial)")
     parser.add_argument("--tests", type=int, default=200, metavar="N", help="trivial suite: tests (200)")
+    parser.add_argument("--work-ms", type=float, default=0, metavar="MS",
+                        help="trivial suite: each test burns MS ms of CPU, as a real test's body does (0)")
     parser.add_argument("--collected", type=int, default=5000, metavar="N", help="big suite: tests collected (5000)")
     parser.add_argument("--selected", type=int, default=500, metavar="N", help="big suite: tests selected and run (500)")
     parser.add_argument("--heap-mb", type=int, default=300, metavar="MB", help="big suite: heap the conftest holds (300)")
@@ -533,7 +559,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         if args.suite == "big":
             suite = write_big_suite(suite_dir, args.collected, args.selected, args.heap_mb)
         else:
-            suite = write_trivial_suite(suite_dir, args.tests)
+            suite = write_trivial_suite(suite_dir, args.tests, args.work_ms)
         points: List[Path] = []
         if args.mounts:
             mounts_dir = root / "mounts"

@@ -47,7 +47,9 @@ import bench  # noqa: E402
 CONFIGS = {
     "bare-fork": ["-p", "no:isolate", "-p", "bare_fork_plugin"],
     "forked": ["-p", "no:isolate", "--forked"],
-    "isolate": ["--isolate"],
+    # The timeline's descriptor must reach the test process: without
+    # --isolate-inherit-fds it leads to /dev/null there, as pytest's own do.
+    "isolate": ["--isolate", "--isolate-inherit-fds"],
 }
 
 

@@ -28,6 +28,8 @@ ALL = (
     "mmdebstrap",
     "podman",
     "docker",
+    "memfd_exec",
+    "qemu_aarch64",
 )
 
 # What a test cgroup limits: the controllers a delegated subtree must hand on.
@@ -36,7 +38,7 @@ LIMIT_CONTROLLERS = ("memory", "cpu", "pids")
 # Optional host tools: a test that needs one skips naming the package to
 # install, so the README's test command is green on a fresh machine; CI names
 # them in PYTEST_ISOLATE_REQUIRE, so there a missing tool is a failure.
-PACKAGES = {"fuse_overlayfs": "fuse-overlayfs", "mmdebstrap": "mmdebstrap"}
+PACKAGES = {"fuse_overlayfs": "fuse-overlayfs", "mmdebstrap": "mmdebstrap", "qemu_aarch64": "qemu-user"}
 
 
 def skip_reason(capability: str) -> str:
@@ -125,6 +127,19 @@ def has(capability: str) -> bool:
         from pytest_isolate.container.userns import available
 
         return available()[0]
+    if capability == "memfd_exec":
+        # The kernel runs a program from a memfd (not refused by
+        # vm.memfd_noexec=2), on an architecture the containers' own init is
+        # written for: then init is that program, not the shell.
+        try:
+            with open("/proc/sys/vm/memfd_noexec", encoding="ascii") as handle:
+                refused = handle.read().strip() == "2"
+        except OSError:
+            refused = False  # before Linux 6.3: every memfd may be executed
+        return not refused and os.uname().machine in ("x86_64", "aarch64")
+    if capability == "qemu_aarch64":
+        # Runs the AArch64 init on any host, as a user-mode emulator.
+        return shutil.which("qemu-aarch64") is not None or shutil.which("qemu-aarch64-static") is not None
     if capability in ("podman", "docker"):
         # The engine runs a container here (docker: its daemon answers) and a base image can be made.
         from engine_helpers import usable

@@ -311,7 +311,7 @@ from pytest_isolate import isolated
 
 @isolated
 def test_writes_and_deletes_root_s_files():
-    # Inside a container, or stop: PID 2 under the container's init (/bin/sh, named by its argv[0]).
+    # Inside a container, or stop: PID 2 under the container's init (named by its argv[0]).
     assert os.getpid() == 2 and open("/proc/1/cmdline", "rb").read().split(b"\\0")[0] == b"pytest-isolate-init"
     os.makedirs("/usr/share/pytest-isolate-x")
     shutil.rmtree("/usr/share/doc")

@@ -15,11 +15,11 @@ uid=$(id -u "$user")
 # The default selections: what a pure cgroup v2 + systemd host proves (the v2
 # limit code, storage and isolation on a stock Debian kernel, rootless with a
 # delegated cgroup), sized to fit the lane's ~15 minutes under TCG.
-root_tests="tests/test_limits.py tests/test_usage_report.py tests/test_storage.py tests/test_network.py tests/test_preparer.py"
-rootless_tests="tests/test_rootless.py"
+root_tests="tests/test_limits.py tests/test_usage_report.py tests/test_storage.py tests/test_network.py tests/test_preparer.py tests/test_init_program.py"
+rootless_tests="tests/test_rootless.py tests/test_init_program.py"
 # What the guest has: a test that would skip for one of these fails instead.
-root_require=root,overlay,cgroup,cgroup_v2,netns,fuse_overlayfs,systemd
-rootless_require=rootless,overlay,cgroup_v2,cgroup_delegated,netns,fuse_overlayfs,systemd
+root_require=root,overlay,cgroup,cgroup_v2,netns,fuse_overlayfs,systemd,memfd_exec
+rootless_require=rootless,overlay,cgroup_v2,cgroup_delegated,netns,fuse_overlayfs,systemd,memfd_exec
 
 # One test's wall-clock bound (pytest-timeout): TCG runs a test 6-20x slower
 # than a host, so this is generous; past it the test fails with its stack.

@@ -2,7 +2,7 @@
 
 As root::
 
-    pytest ─┬─ init (PID 1): /bin/sh, spawned, not forked
+    pytest ─┬─ init (PID 1): spawned, not forked (``init_program``)
             └─ test (PID 2): a fork of pytest that builds the container,
                              then runs the test ── whatever the test starts
 
@@ -20,8 +20,10 @@ cannot enter one itself (it has threads, and it must stay who it is)::
 
 The launcher reports the test's wait status and ends init when the test ends.
 
-* **init** is a shell that ignores SIGCHLD, so the kernel reaps every orphan
-  reparented to it, and waits for end-of-file on a pipe only pytest holds.
+* **init** ignores SIGCHLD, so the kernel reaps every orphan reparented to
+  it, and waits for end-of-file on a pipe only pytest holds: a tiny static
+  program of ours (``init_program``), or a bare interpreter where that
+  cannot run (``INIT_FALLBACK``).
   When pytest closes it (the test ended) or dies (even by SIGKILL), init
   exits, and the kernel kills every process left in the namespace -
   daemons that called ``setsid()`` included.  Init is PID 1 so the test is
@@ -45,7 +47,7 @@ import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
-from pytest_isolate.container import libc, rootfs, sysfiles, userns
+from pytest_isolate.container import init_program, libc, rootfs, sysfiles, userns
 from pytest_isolate.errors import ContainerError
 
 if TYPE_CHECKING:
@@ -57,11 +59,24 @@ if TYPE_CHECKING:
     from pytest_isolate.spec import IsolationSpec
 
 INIT_NAME = "pytest-isolate-init"
-# `trap '' CHLD` sets SIGCHLD to SIG_IGN: the kernel then reaps exited
-# children itself.  `read` returns at end-of-file, when pytest lets go.
-INIT_SCRIPT = "trap '' CHLD; read _"
+# Where our own program cannot run (another architecture, a kernel that
+# will not exec a memfd), init is the interpreter that runs pytest, with
+# nothing imported but this: it ignores SIGCHLD (the kernel then reaps the
+# orphans reparented to it), leaves SIGINT to the kernel (which ignores it
+# for PID 1), says it runs, and reads until end-of-file (os.read retries
+# when a signal interrupts it).  Not the shell: dash catches SIGCHLD to reap
+# its own jobs, and the signal of an orphan that exits interrupts its
+# `read`, which then ends init, and the test's container with it.
+INIT_FALLBACK = (
+    "import os, signal\n"
+    "signal.signal(signal.SIGCHLD, signal.SIG_IGN)\n"
+    "signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
+    "os.write(1, b'\\n')\n"
+    "while os.read(0, 64):\n"
+    "    pass\n"
+)
 
-# How long a spawned init's shell may take to start (seconds under an emulator).
+# How long a spawned init may take to start (seconds under an emulator).
 INIT_START_SECONDS = 60.0
 
 # The OOM killer should pick the test's processes, not init: raising a score
@@ -69,23 +84,38 @@ INIT_START_SECONDS = 60.0
 TEST_OOM_SCORE = 500
 
 
-# What the preparer's init says once the shell runs, and so has loaded its
-# libraries: only then may the root it loaded them from be switched away.
-INIT_READY_SCRIPT = "trap '' CHLD; echo; read _"
-
-
 def spawn_init(pipe_read_fd: int, ready_fd: int = -1) -> int:
     """Start init with ``pipe_read_fd`` as its stdin; a vfork+exec, not a fork.
 
-    With ``ready_fd``, init writes a newline there once it runs (``INIT_READY_SCRIPT``).
+    With ``ready_fd``, init writes a newline there once it runs, and so has
+    loaded what it runs from: only then may the root be switched away.
     """
-    script, stdout = (INIT_SCRIPT, None) if ready_fd < 0 else (INIT_READY_SCRIPT, ready_fd)
+    stdout = ready_fd if ready_fd >= 0 else None
+    path, argv = init_command()
+    try:
+        return _spawn(path, argv, pipe_read_fd, stdout)
+    except OSError:
+        if path == sys.executable:
+            raise
+        init_program.refused()  # a kernel or security module that will not exec a memfd
+        return _spawn(*init_command(), pipe_read_fd, stdout)
+
+
+def init_command() -> tuple[str, list[str]]:
+    """What to exec as init: our own tiny program where this host runs it, else the interpreter."""
+    program = init_program.executable()
+    if program is not None:
+        return program, [INIT_NAME]
+    return sys.executable, [INIT_NAME, "-I", "-S", "-c", INIT_FALLBACK]
+
+
+def _spawn(path: str, argv: list[str], stdin: int, stdout: int | None) -> int:
     return os.posix_spawn(
-        "/bin/sh",
-        [INIT_NAME, "-c", script],
+        path,
+        argv,
         {},
         file_actions=[
-            (os.POSIX_SPAWN_DUP2, pipe_read_fd, 0),
+            (os.POSIX_SPAWN_DUP2, stdin, 0),
             (os.POSIX_SPAWN_OPEN, 2, "/dev/null", os.O_WRONLY, 0),
             (os.POSIX_SPAWN_DUP2, stdout, 1) if stdout is not None else (os.POSIX_SPAWN_DUP2, 2, 1),
         ],
@@ -93,7 +123,7 @@ def spawn_init(pipe_read_fd: int, ready_fd: int = -1) -> int:
 
 
 def wait_until_running(ready_read: int, seconds: float) -> None:
-    """Until init's shell runs (``INIT_READY_SCRIPT``), or why it could not; closes ``ready_read``.
+    """Until init runs (its newline on ``ready_read``), or why it could not; closes ``ready_read``.
 
     Only then may the root it loaded its libraries from be switched away:
     a root without them (a tiny directory) would leave init dead at its start.
@@ -237,6 +267,7 @@ def run_rootless_launcher(job: ContainerJob) -> NoReturn:
                 # The launcher's own descriptors: the test may not report its status.
                 for fd in (job.status_fd, job.init_pipe_read, *(job.user_sync or ())):
                     _close_quietly(fd)
+                init_program.close()
                 stage_fd = _build_container(job, step)
             _run_test(job, stage_fd)
         _, status = os.waitpid(test_pid, 0)

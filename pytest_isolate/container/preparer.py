@@ -10,8 +10,8 @@ heap that the Python code touches on the way is copied.  So, as root, a
     pytest ── preparer: a fresh interpreter (python -I -S), started with the
               │         session's first isolated test, a few MB, knowing
               │         nothing of pytest
-              └── init: PID 1 of a container built ahead, /bin/sh waiting
-                        for end-of-file on its pipe (``launcher.INIT_SCRIPT``)
+              └── init: PID 1 of a container built ahead, waiting
+                        for end-of-file on its pipe (``launcher.spawn_init``)
 
 For each container the preparer moves itself into new mount, UTS, IPC and
 network namespaces, builds the root there (``rootfs.build_root``), sets the
@@ -45,8 +45,8 @@ import socket
 import subprocess
 import sys
 
-from pytest_isolate.container import hardening, libc, network, rootfs, sysfiles
-from pytest_isolate.container.launcher import INIT_NAME, INIT_READY_SCRIPT, spawn_init, wait_until_running
+from pytest_isolate.container import hardening, init_program, libc, network, rootfs, sysfiles
+from pytest_isolate.container.launcher import init_command, spawn_init, wait_until_running
 from pytest_isolate.container.mountplan import MountOp, MountPlan
 from pytest_isolate.container.prepared import PreparedPidNamespace, pending
 from pytest_isolate.errors import ContainerError
@@ -318,10 +318,10 @@ def _build(blueprint: Blueprint, own: dict[int, int]) -> tuple[bytes, list[int]]
     The preparer builds the root itself, not in a fork of itself: a child
     running the mount plan's Python would copy every page it touched, and
     tear them all down again at its exec.  init is started just before the
-    switch of root, from the host's /bin/sh (an image or a tiny root may
-    have none), and ``/proc`` of its PID namespace mounted: by the
-    preparer where the kernel takes ``pidns=`` (Linux 6.15), else by init
-    itself, forked, before it becomes the shell.
+    switch of root (an image or a tiny root may have no program to run),
+    and ``/proc`` of its PID namespace mounted:
+    by the preparer where the kernel takes ``pidns=`` (Linux 6.15), else by
+    init itself, forked, before it execs.
     """
     global _spawn_init_works
     life_read, life_write = os.pipe()
@@ -399,7 +399,7 @@ class _Init:
         wait_until_running(ready_read, BUILD_SECONDS)
 
     def fork_with_proc(self, target: str) -> None:
-        """init forked, to mount its /proc itself before it becomes the shell."""
+        """init forked, to mount its /proc itself before it execs."""
         ready_read, ready_write = os.pipe()
         libc.unshare(libc.CLONE_NEWPID)
         try:
@@ -432,14 +432,19 @@ def _return_to(own: dict[int, int]) -> None:
 
 
 def _become_init(proc: str, life_read: int, ready_write: int) -> None:
-    """A forked init: the /proc of its PID namespace, then the shell that waits for pytest to let go."""
+    """A forked init: the /proc of its PID namespace, then the program that waits for pytest to let go."""
     try:
         rootfs.mount_proc(proc)
         os.dup2(life_read, 0)
-        os.dup2(ready_write, 1)  # the shell says it runs there
+        os.dup2(ready_write, 1)  # init says it runs there
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, 2)
-        os.execv("/bin/sh", [INIT_NAME, "-c", INIT_READY_SCRIPT])
+        path, argv = init_command()
+        try:
+            os.execv(path, argv)
+        except OSError:
+            init_program.refused()
+            os.execv(*init_command())
     except BaseException as error:
         try:
             os.write(ready_write, f" {type(error).__name__}: {error}".encode())
