@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import signal
@@ -129,14 +130,7 @@ def test_init_outlives_the_orphans_it_reaps(fresh_init_program, program: str) ->
                 libc.unshare(libc.CLONE_NEWNS)
                 libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
                 libc.mount("proc", "/proc", "proc", 0)
-                for _ in range(5):
-                    child = os.fork()
-                    if child == 0:
-                        if os.fork() == 0:
-                            time.sleep(0.05)  # exits once reparented to init
-                        os._exit(0)
-                    os.waitpid(child, 0)
-                time.sleep(0.5)
+                _leave_orphans()
                 os._exit(len(_zombies()))
             finally:
                 os._exit(100)
@@ -150,6 +144,18 @@ def test_init_outlives_the_orphans_it_reaps(fresh_init_program, program: str) ->
     finally:
         os.close(pipe_write)
     assert os.waitpid(init, 0) == (init, 0)
+
+
+def _leave_orphans() -> None:
+    """Five grandchildren that exit after their parent did, reparented to init by then."""
+    for _ in range(5):
+        child = os.fork()
+        if child == 0:
+            if os.fork() == 0:
+                time.sleep(0.05)
+            os._exit(0)
+        os.waitpid(child, 0)
+    time.sleep(0.5)
 
 
 def _zombies() -> list[int]:
@@ -179,35 +185,20 @@ def test_the_aarch64_program_says_it_runs_and_exits_at_end_of_file(tmp_path) -> 
 
 
 # Harmless anywhere (five bounded forks): no guard needed.
-ORPHANS = """
-import os, time
-from pytest_isolate import isolated
-
-def _zombies():
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            with open(f"/proc/{name}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-            if fields[0] == "Z":
-                found.append((int(name), int(fields[1])))
-    return found
-
+ORPHANS = (
+    "import os, time\nfrom pytest_isolate import isolated\n\n"
+    + inspect.getsource(_leave_orphans)
+    + inspect.getsource(_zombies)
+    + """
 @isolated
 def test_leaves_orphans():
-    for _ in range(5):
-        child = os.fork()
-        if child == 0:
-            if os.fork() == 0:
-                time.sleep(0.05)  # exits once reparented to init
-            os._exit(0)
-        os.waitpid(child, 0)
-    time.sleep(0.3)
+    _leave_orphans()
     with open("/proc/1/comm") as handle:
         print("init:", handle.read().strip())
     assert _zombies() == []
     assert sorted(int(name) for name in os.listdir("/proc") if name.isdigit()) == [1, 2]
 """
+)
 
 
 def _orphans_are_reaped(pytester: pytest.Pytester) -> None:
