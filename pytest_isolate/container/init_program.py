@@ -4,7 +4,7 @@ Every container's PID 1 is an init (see ``launcher``) that ignores SIGCHLD,
 so the kernel reaps the orphans reparented to it, and waits for end-of-file
 on a pipe only pytest holds.  A shell cannot be trusted with it (dash's
 ``read`` ends when an orphan's SIGCHLD interrupts it, and the container
-with it), an interpreter costs milliseconds, and even the shell cost 0.7 ms
+with it), an interpreter costs 18 ms, and even the shell cost 0.7 ms
 of CPU to start (the loader, its relocations, glibc's CPU probing, which
 traps under a hypervisor), once for every test.  The five system calls it
 takes, as a static program of 330 bytes, cost about 0.12 ms.
