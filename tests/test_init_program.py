@@ -85,7 +85,8 @@ def test_a_host_that_will_not_run_the_program_gets_the_interpreter_as_init(fresh
     # A file the kernel refuses to exec (EACCES), as where memfds may not be run.
     data = tmp_path / "not-a-program"
     data.write_bytes(b"not a program")
-    init_program._created = (os.getpid(), os.open(data, os.O_RDONLY | os.O_CLOEXEC))
+    fd = os.open(data, os.O_RDONLY | os.O_CLOEXEC)
+    init_program._created = (fd, (os.fstat(fd).st_dev, os.fstat(fd).st_ino))
     pid, pipe_write, ready_read = _spawned_init()
     try:
         assert os.read(ready_read, 16) == b"\n"

@@ -129,7 +129,7 @@ def elf_image(machine: int, code: bytes) -> bytes:
     return header + load + stack + code + _DATA
 
 
-_created: tuple[int, int] | None = None  # (pid, descriptor): each process makes its own
+_created: tuple[int, tuple[int, int]] | None = None  # (descriptor, (device, inode)); a fork's copy too
 _refused = False  # this host will not run it: init is the interpreter
 
 
@@ -138,16 +138,26 @@ def executable() -> str | None:
     global _created, _refused
     if _refused:
         return None
-    if _created is None or _created[0] != os.getpid():
-        # A fork's copy is not trusted to be ours still (a test process
-        # leads pytest's descriptors to /dev/null).
+    if _created is None or not _still_ours(*_created):
+        # Not made yet, or the number no longer leads to it (a test process
+        # leads pytest's descriptors to /dev/null): a fork's copy is kept
+        # only while it does.
         program = _PROGRAMS.get(os.uname().machine)
         fd = _sealed_memfd(elf_image(*program)) if program is not None else None
         if fd is None:
             _refused = True
             return None
-        _created = (os.getpid(), fd)
-    return f"/proc/self/fd/{_created[1]}"
+        stat = os.fstat(fd)
+        _created = (fd, (stat.st_dev, stat.st_ino))
+    return f"/proc/self/fd/{_created[0]}"
+
+
+def _still_ours(fd: int, identity: tuple[int, int]) -> bool:
+    try:
+        stat = os.fstat(fd)
+    except OSError:
+        return False
+    return (stat.st_dev, stat.st_ino) == identity
 
 
 def refused() -> None:
@@ -162,7 +172,7 @@ def close() -> None:
     global _created
     if _created is not None:
         try:
-            os.close(_created[1])
+            os.close(_created[0])
         except OSError:
             pass
         _created = None

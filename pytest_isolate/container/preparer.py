@@ -400,6 +400,7 @@ class _Init:
 
     def fork_with_proc(self, target: str) -> None:
         """init forked, to mount its /proc itself before it execs."""
+        init_program.executable()  # made here, once: each forked init execs this copy
         ready_read, ready_write = os.pipe()
         libc.unshare(libc.CLONE_NEWPID)
         try:
