@@ -175,7 +175,7 @@ def _left_of(pids: list[int], seconds: float = 30.0) -> list[str]:
             try:
                 with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
                     left.append(f"{pid} {handle.read().rsplit(')', 1)[1].split()[0]}")
-            except FileNotFoundError:
+            except (FileNotFoundError, ProcessLookupError):  # gone before, or while, /proc was read
                 pass
         if not left or time.monotonic() > deadline:
             return left
