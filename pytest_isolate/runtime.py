@@ -745,6 +745,8 @@ def _fork(body: Callable[[ContainerJob], NoReturn], job: ContainerJob) -> int:
         # MB), and charged to the test's memory.  Frozen, they are out of its
         # reach; pytest unfreezes its own at once.
         gc.freeze()
+        if not job.inherit_fds:
+            job.pytest_fds = libc.open_descriptors()  # the last thing before the fork: see libc.blank_all_except
         try:
             pid = os.fork()
         finally:

@@ -310,3 +310,53 @@ def test_pytests_open_files_lead_nowhere_and_keep_their_numbers(pytester: pytest
     )
     run(pytester, "--isolate").assert_outcomes(passed=1)
     assert held.read_text() == ""
+
+
+def test_descriptors_opened_after_pytest_listed_them_are_closed_in_the_test_process(tmp_path) -> None:
+    # pytest lists its descriptors just before the fork (libc.open_descriptors),
+    # and the child blanks what was listed and closes every other number:
+    # what another of pytest's threads opened in between, in a gap of the
+    # listing or above it, is closed, never left open in the container.
+    import fcntl
+    import json
+
+    from pytest_isolate.container import libc
+
+    report_read, report_write = os.pipe()
+    pipe = f"pipe:[{os.fstat(report_write).st_ino}]"
+    blank = os.open(os.devnull, os.O_RDWR)
+    first, second, third = (os.open(tmp_path / f"held-{n}", os.O_WRONLY | os.O_CREAT) for n in range(3))
+    os.close(second)
+    listed = libc.open_descriptors()
+    assert listed is not None and second not in listed and {first, third, report_write} <= set(listed)
+    for fd in listed:
+        fcntl.fcntl(fd, fcntl.F_GETFD)  # each one open: not the listing's own descriptor
+    late_in_gap = os.open(tmp_path / "late", os.O_WRONLY | os.O_CREAT)
+    late_above = os.dup2(third, max(listed) + 50)
+    assert late_in_gap == second
+    numbers = (first, third, late_in_gap, late_above, report_write)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            libc.blank_all_except((report_write,), blank, listed=listed)
+            seen = {}
+            for fd in numbers:
+                try:
+                    seen[fd] = os.readlink(f"/proc/self/fd/{fd}")
+                except OSError:
+                    seen[fd] = "closed"
+            os.write(report_write, json.dumps(seen).encode())
+        finally:
+            os._exit(0)
+    os.close(report_write)
+    seen = json.loads(os.read(report_read, 65536))
+    os.waitpid(pid, 0)
+    for fd in (report_read, blank, first, third, late_in_gap, late_above):
+        os.close(fd)
+    assert seen == {
+        str(first): "/dev/null",
+        str(third): "/dev/null",
+        str(late_in_gap): "closed",
+        str(late_above): "closed",
+        str(report_write): pipe,
+    }

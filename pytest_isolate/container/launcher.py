@@ -198,6 +198,9 @@ class ContainerJob:
     environment: EnvironmentPlan | None = None  # env=: the variables to drop (None: keep all)
     # A container built ahead (``preparer``): its namespaces, (descriptor, CLONE_NEW*), to join.
     joined: tuple[tuple[int, int], ...] = ()
+    # pytest's descriptors, listed in pytest just before the fork (``libc.open_descriptors``):
+    # cheaper there than in the child.  None: the child lists them.
+    pytest_fds: tuple[int, ...] | None = None
     restriction: Restriction = dataclasses.field(init=False)  # what the test gives up, made in pytest
 
     def __post_init__(self) -> None:
@@ -305,7 +308,7 @@ def _leave_pytest(job: ContainerJob, *, parent: int) -> None:
         # socket ignores the network namespace, an inherited file the
         # writable layer (pytest's --log-file, a session fixture's files).
         # Blanked, not closed, for the Python objects that still hold them.
-        libc.blank_all_except(_descriptors_needed(job), job.capture.null_fd)
+        libc.blank_all_except(_descriptors_needed(job), job.capture.null_fd, listed=job.pytest_fds)
     # A session of its own: no controlling terminal, so no TIOCSTI into the
     # terminal pytest runs in, and /dev/tty refuses to open.
     os.setsid()
