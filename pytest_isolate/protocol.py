@@ -81,9 +81,11 @@ def isolated_runtestprotocol(
             ihook.pytest_runtest_logreport(report=report)
 
     try:
-        with _capture(item, "setup"):
-            setup = pytest.CallInfo.from_call(lambda: scopes.setup_wider_fixtures(item), when="setup", reraise=_RERAISE)
-        if setup.excinfo is not None:
+        setup = None  # nothing of pytest's to set up here (nearly every test): no capture, no CallInfo
+        if not scopes.nothing_to_set_up(item):
+            with _capture(item, "setup"):
+                setup = pytest.CallInfo.from_call(lambda: scopes.setup_wider_fixtures(item), when="setup", reraise=_RERAISE)
+        if setup is not None and setup.excinfo is not None:
             reports = [ihook.pytest_runtest_makereport(item=item, call=setup)]
             result = None
         else:
@@ -100,15 +102,18 @@ def isolated_runtestprotocol(
             emit(report)
         if item.session.shouldfail or item.session.shouldstop:
             nextitem = None  # as runtestprotocol: tear everything down (#11706)
-        with _capture(item, "teardown"):
-            teardown = pytest.CallInfo.from_call(
-                lambda: scopes.teardown_towards(item, nextitem), when="teardown", reraise=_RERAISE
-            )
-        if teardown.excinfo is not None or child_teardown is None:
+        teardown = None  # nothing of pytest's to tear down here before the next test: as for setup
+        if child_teardown is None or not scopes.nothing_to_tear_down(item, nextitem):
+            with _capture(item, "teardown"):
+                teardown = pytest.CallInfo.from_call(
+                    lambda: scopes.teardown_towards(item, nextitem), when="teardown", reraise=_RERAISE
+                )
+        if teardown is not None and (teardown.excinfo is not None or child_teardown is None):
             final = ihook.pytest_runtest_makereport(item=item, call=teardown)
             if result is not None:
                 final.user_properties.extend(usage_properties(spec, result))
         else:
+            assert child_teardown is not None
             final = child_teardown
             final.sections.extend(_parent_sections(item, "teardown"))
         emit(final)

@@ -12,7 +12,12 @@ and finalizers now live on their own nodes (session, module, ...), still on
 the stack.  The child runs the normal protocol: SetupState pushes the item
 again, the item's setup finds the wider fixtures cached, and the child's
 teardown stops at the item's parent.  The parent then tears down towards
-the next item, at the normal time.
+the next item, at the normal time.  A test with nothing to set up or tear
+down here (no wider fixture, its collectors set up already, the next test
+under the same ones: nearly every test) skips both phases in the parent,
+pytest's capture and ``CallInfo`` included (``nothing_to_set_up``,
+``nothing_to_tear_down``): about 70 page faults and 0.2 ms of pytest's
+time per test.
 
 Pushing the item (rather than requesting fixtures from outside the stack)
 keeps pytest >= 9.1 from warning about ``getfixturevalue`` during teardown.
@@ -56,6 +61,32 @@ def setup_wider_fixtures(item: pytest.Item) -> None:
         del item.setup
         # The child pushes the item again and runs its real setup.
         state.stack.pop(item, None)
+
+
+def nothing_to_set_up(item: pytest.Item) -> bool:
+    """Whether ``setup_wider_fixtures`` would do nothing: the parent's capture and CallInfo are spared.
+
+    So when the item's collectors are all set up already and none of them
+    failed (pytest fails their whole subtree with the stored error), the
+    item has no wider-scoped fixture, and its fixture request needs no
+    rebuilding (a rerun's).  The same test as ``SetupState.setup`` makes.
+    """
+    state = item.session._setupstate
+    if list(state.stack) != item.listchain()[:-1] or any(entry[1] for entry in state.stack.values()):
+        return False
+    if hasattr(item, "_request") and not item._request:  # type: ignore[attr-defined]
+        return False
+    return not _wider_fixture_names(item)
+
+
+def nothing_to_tear_down(item: pytest.Item, nextitem: pytest.Item | None) -> bool:
+    """Whether ``teardown_towards`` would stop at once: each node still set up is one ``nextitem`` needs.
+
+    The same test as ``SetupState.teardown_exact`` makes before it tears anything down.
+    """
+    stack = list(item.session._setupstate.stack)
+    needed = nextitem.listchain() if nextitem is not None else []
+    return stack == needed[: len(stack)]
 
 
 def teardown_towards(item: pytest.Item, nextitem: pytest.Item | None) -> None:

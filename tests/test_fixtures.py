@@ -124,3 +124,69 @@ def test_fixture_teardown_error_in_parent(pytester: pytest.Pytester) -> None:
     result = run(pytester)
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["ERROR test_fixture_teardown_error_in_parent.py::test_uses_fragile - RuntimeError: module teardown failed"])
+
+
+XUNIT_MODULES = {
+    "test_a": """
+        def setup_module():
+            print("setup_module of a")
+
+        def teardown_module():
+            print("teardown_module of a")
+
+        def test_first():
+            pass
+
+        def test_plain():
+            pass
+
+        def test_last():
+            pass
+    """,
+    "test_b": """
+        def setup_module():
+            raise RuntimeError("setup_module of b failed")
+
+        def test_one():
+            pass
+
+        def test_two():
+            pass
+    """,
+    "test_c": """
+        def test_after():
+            pass
+    """,
+}
+
+
+SECTIONS_CONFTEST = """
+def pytest_runtest_logreport(report):
+    for name, content in report.sections:
+        if name.startswith("Captured stdout"):
+            print(f"\\nSECTION {report.nodeid} {report.when} {name}: {content.strip()}")
+"""
+
+
+def test_xunit_module_setup_and_teardown_as_in_a_plain_run(pytester: pytest.Pytester) -> None:
+    # Tests with nothing of their own to set up or tear down in pytest spare
+    # the parent's capture (scopes.nothing_to_set_up / nothing_to_tear_down):
+    # a module's setup and teardown output still lands in the first and last
+    # test's reports, and a module whose setup failed fails every one of its
+    # tests with that error, exactly as in a plain run.
+    pytester.makeconftest(SECTIONS_CONFTEST)
+    pytester.makepyfile(**XUNIT_MODULES)
+    plain = run(pytester, "-p", "no:isolate", "-rE")
+    isolated = run(pytester, "--isolate", "-rE")
+    plain.assert_outcomes(passed=4, errors=2)
+    isolated.assert_outcomes(passed=4, errors=2)
+    sections = [line for line in isolated.outlines if line.startswith(("SECTION", "ERROR"))]
+    assert sections == [line for line in plain.outlines if line.startswith(("SECTION", "ERROR"))]
+    assert sections == [
+        "SECTION test_a.py::test_first setup Captured stdout setup: setup_module of a",
+        "SECTION test_a.py::test_first call Captured stdout setup: setup_module of a",
+        "SECTION test_a.py::test_first teardown Captured stdout setup: setup_module of a",
+        "SECTION test_a.py::test_last teardown Captured stdout teardown: teardown_module of a",
+        "ERROR test_b.py::test_one - RuntimeError: setup_module of b failed",
+        "ERROR test_b.py::test_two - RuntimeError: setup_module of b failed",
+    ]
