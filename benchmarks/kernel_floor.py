@@ -93,30 +93,27 @@ def _pid_namespace_with_init() -> None:
     # Exiting closes init's pipe: init exits, and the namespace ends with it.
 
 
-def _overlay(work: str) -> Callable[[], None]:
-    def mount_one() -> None:
-        libc.unshare(libc.CLONE_NEWNS)
-        libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
-        libc.mount("tmpfs", work, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, "size=1m")
-        for name in ("upper", "work", "merged"):
-            os.mkdir(os.path.join(work, name))
-        options = f"lowerdir=/usr,upperdir={work}/upper,workdir={work}/work"
-        libc.mount("overlay", os.path.join(work, "merged"), "overlay", 0, options)
-
-    return mount_one
+def _tmpfs_in_own_mount_namespace(work: str) -> None:
+    """A mount namespace of the child's own, with a tmpfs holding an overlay's three directories."""
+    libc.unshare(libc.CLONE_NEWNS)
+    libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+    libc.mount("tmpfs", work, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, "size=1m")
+    for name in ("upper", "work", "merged"):
+        os.mkdir(os.path.join(work, name))
 
 
 def _mount_namespace_only(work: str) -> Callable[[], None]:
     """The overlay row's baseline: the same namespace and tmpfs, without the overlay."""
+    return lambda: _tmpfs_in_own_mount_namespace(work)
 
-    def mount_none() -> None:
-        libc.unshare(libc.CLONE_NEWNS)
-        libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
-        libc.mount("tmpfs", work, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, "size=1m")
-        for name in ("upper", "work", "merged"):
-            os.mkdir(os.path.join(work, name))
 
-    return mount_none
+def _overlay(work: str) -> Callable[[], None]:
+    def mount_one() -> None:
+        _tmpfs_in_own_mount_namespace(work)
+        options = f"lowerdir=/usr,upperdir={work}/upper,workdir={work}/work"
+        libc.mount("overlay", os.path.join(work, "merged"), "overlay", 0, options)
+
+    return mount_one
 
 
 def measure(body: Callable[[], None], children: int) -> Dict[str, float]:
