@@ -360,3 +360,49 @@ def test_descriptors_opened_after_pytest_listed_them_are_closed_in_the_test_proc
         str(late_above): "closed",
         str(report_write): pipe,
     }
+
+
+CHURNING_CONFTEST = """
+import os
+import threading
+import time
+
+STOP = threading.Event()
+
+def churn():
+    # Another thread of pytest's, opening and closing a host file as fast as
+    # it can, for at most 60 s: some opens land between pytest's listing of
+    # its descriptors and the fork.
+    deadline = time.monotonic() + 60
+    while not STOP.is_set() and time.monotonic() < deadline:
+        os.close(os.open(__file__, os.O_RDONLY))
+
+def pytest_sessionstart(session):
+    threading.Thread(target=churn, daemon=True).start()
+
+def pytest_sessionfinish(session):
+    STOP.set()
+"""
+
+
+def test_a_descriptor_another_thread_of_pytest_opens_never_reaches_a_container(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(CHURNING_CONFTEST)
+    pytester.makepyfile(
+        """
+        import os
+        import pytest
+
+        @pytest.mark.parametrize("n", range(40))
+        def test_no_host_file_open(n):
+            assert os.getpid() == 2
+            conftest = os.path.join(os.path.dirname(__file__), "conftest.py")
+            held = []
+            for name in os.listdir("/proc/self/fd"):
+                try:
+                    held.append(os.readlink(f"/proc/self/fd/{name}"))
+                except OSError:
+                    pass  # the listing's own descriptor, closed by now
+            assert conftest not in held
+        """
+    )
+    run(pytester, "--isolate").assert_outcomes(passed=40)
