@@ -42,10 +42,15 @@ def _wider_fixture_names(item: pytest.Item) -> list[str]:
     return names
 
 
+def _needs_new_request(item: pytest.Item) -> bool:
+    """A rerun's item: its fixture request was dropped after the last attempt (``release_request``)."""
+    return hasattr(item, "_request") and not item._request  # type: ignore[attr-defined]
+
+
 def setup_wider_fixtures(item: pytest.Item) -> None:
     """Set up the item's collectors and wider-scoped fixtures in this process."""
     state = item.session._setupstate
-    if hasattr(item, "_request") and not item._request:  # type: ignore[attr-defined]
+    if _needs_new_request(item):
         item._initrequest()  # type: ignore[attr-defined]  # a rerun, as runtestprotocol does
     request = getattr(item, "_request", None)
 
@@ -74,9 +79,7 @@ def nothing_to_set_up(item: pytest.Item) -> bool:
     state = item.session._setupstate
     if list(state.stack) != item.listchain()[:-1] or any(entry[1] for entry in state.stack.values()):
         return False
-    if hasattr(item, "_request") and not item._request:  # type: ignore[attr-defined]
-        return False
-    return not _wider_fixture_names(item)
+    return not _needs_new_request(item) and not _wider_fixture_names(item)
 
 
 def nothing_to_tear_down(item: pytest.Item, nextitem: pytest.Item | None) -> bool:

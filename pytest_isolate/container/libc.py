@@ -187,13 +187,16 @@ def _close_range_works() -> bool:
     global _close_range_checked
     if _close_range_checked is None:
         unused = 0x7FFFFFFE  # above any descriptor: nothing is closed
-        _close_range_checked = _libc.syscall(_SYS_CLOSE_RANGE, ctypes.c_uint(unused), ctypes.c_uint(unused), ctypes.c_uint(0)) == 0
+        _close_range_checked = _close_range_call(unused, unused) == 0
     return _close_range_checked
 
 
+def _close_range_call(first: int, last: int) -> int:
+    return _libc.syscall(_SYS_CLOSE_RANGE, ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(0))
+
+
 def _close_range(first: int, last: int) -> None:
-    result = _libc.syscall(_SYS_CLOSE_RANGE, ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(0))
-    if result != 0:  # an older kernel: close what is open, one by one
+    if _close_range_call(first, last) != 0:  # an older kernel: close what is open, one by one
         for name in os.listdir("/proc/self/fd"):
             if first <= int(name) <= last:
                 try:
