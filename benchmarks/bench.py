@@ -239,7 +239,13 @@ def write_big_suite(directory: Path, collected: int, selected: int, heap_mb: int
         for index in range(module * per_module, min(collected, (module + 1) * per_module)):
             if index % every == 0 and chosen < selected:
                 chosen += 1
-                lines.append(f"def test_{SELECTED_WORD}_{index}(heap):\n    assert heap[{index % 1000}]['id'] == {index % 1000}\n\n\n")
+                # The heap holds heap_mb * 1024 records, numbered from 0 (none with --heap-mb 0).
+                record = index % 1000
+                expected = [record] if record < heap_mb * 1024 else []
+                lines.append(
+                    f"def test_{SELECTED_WORD}_{index}(heap):\n"
+                    f"    assert [entry['id'] for entry in heap[{record}:{record + 1}]] == {expected}\n\n\n"
+                )
             else:
                 lines.append(f"def test_other_{index}():\n    assert {index} == {index}\n\n\n")
         (directory / f"test_big_{module:04d}.py").write_text("".join(lines))
