@@ -12,6 +12,10 @@ Runs bench.py's big-process suite once per configuration with
   call -> teardown end the test and its teardown, in the child
   after the child      from the child's last phase to the protocol's end in pytest
                        (reports back, the container's end)
+  step: ...            --isolate only: the test process's CPU time and page
+                       faults in each of its steps from the fork to setup
+                       (leave pytest, join the container, limits and
+                       privileges, say "ready", pytest's protocol to setup)
   faults in the child  minor page faults of the test process, fork to end
                        (each one a page copied on write or mapped)
   parent faults, CPU   pytest's own, over the whole protocol (a page it
@@ -50,6 +54,18 @@ CONFIGS = {
     # The timeline's descriptor must reach the test process: without
     # --isolate-inherit-fds it leads to /dev/null there, as pytest's own do.
     "isolate": ["--isolate", "--isolate-inherit-fds"],
+}
+
+
+# --isolate's test process, fork to setup (timeline_plugin notes them): each
+# row runs from the event before it (the fork, for the first) to its own.
+ISOLATE_STEPS = {
+    "  step: after the fork": "leave_start",
+    "  step: leave pytest": "leave_end",
+    "  step: join the container": "settle_start",
+    "  step: limits, privileges": "settle_end",
+    "  step: say ready": "protocol",
+    "  step: pytest to setup": "setup",
 }
 
 
@@ -106,6 +122,11 @@ def per_test(timeline: Path) -> Dict[str, List[float]]:
         add("parent CPU ms", (by["protocol_end"]["utime"] + by["protocol_end"]["stime"]
                               - by["protocol_start"]["utime"] - by["protocol_start"]["stime"]) * 1000)
         add("total", (by["protocol_end"]["t_ns"] - by["protocol_start"]["t_ns"]) * ms)
+        steps = [by.get(name) for name in ("child_start", *ISOLATE_STEPS.values())]
+        if all(steps):  # --isolate: the test process's own steps to setup
+            for label, start, end in zip(ISOLATE_STEPS, steps, steps[1:]):
+                add(f"{label} CPU ms", (end["utime"] + end["stime"] - start["utime"] - start["stime"]) * 1000)
+                add(f"{label} faults", end["minflt"] - start["minflt"])
     return columns
 
 
@@ -150,14 +171,16 @@ def main(argv: Optional[List[str]] = None) -> None:
             }
         trace = strace_summary(suite, args.strace, extra) if args.strace else None
     print(f"\n{suite.description}; medians per test\n")
-    print(f"{'':<28}" + "".join(f"{name:>12}" for name in names))
-    keys = list(results[names[0]]["per_test_median"])
+    keys = list(dict.fromkeys(key for name in names for key in results[name]["per_test_median"]))
+    width = max(28, *(len(key) + 2 for key in keys))
+    print(f"{'':<{width}}" + "".join(f"{name:>12}" for name in names))
     for key in keys:
-        print(f"{key:<28}" + "".join(f"{results[name]['per_test_median'].get(key, float('nan')):>12.2f}" for name in names))
+        values = (results[name]["per_test_median"].get(key) for name in names)
+        print(f"{key:<{width}}" + "".join("           -" if value is None else f"{value:>12.2f}" for value in values))
     print("\nwhole run, per test, over plain pytest (children included)")
     for key, label, scale in (("wall", "wall ms", 1000), ("utime", "user CPU ms", 1000), ("stime", "system CPU ms", 1000),
                               ("minflt", "minor faults", 1), ("csw", "context switches", 1)):
-        print(f"{label:<28}" + "".join(f"{results[name]['run_per_test_over_plain'][key] * scale:>12.2f}" for name in names))
+        print(f"{label:<{width}}" + "".join(f"{results[name]['run_per_test_over_plain'][key] * scale:>12.2f}" for name in names))
     if trace:
         print(f"\nstrace -c -f of --isolate over {args.strace} tests:\n{trace}")
     if args.json:

@@ -9,6 +9,10 @@ filesystem may be a throw-away layer), when its test phases begin and end,
 with its CPU time and page faults so far.  A forked child's rusage starts
 at zero, so they are what the child spent since the fork.
 
+With ``--isolate`` it also notes the test process's own steps before the
+test's setup: leaving pytest, joining the container, dropping privileges,
+saying "ready" (see ``_note_isolate_steps``).
+
 One JSON line per event: ``{"pid", "event", "t_ns", ...}``.  Times are
 CLOCK_MONOTONIC, which every process on the host shares.
 """
@@ -51,12 +55,58 @@ def _fork() -> int:
     return pid
 
 
+def _noted(owner: object, name: str, event: str) -> None:
+    """Wrap ``owner.name`` so that it notes ``event_start`` and ``event_end`` around its call."""
+    original = getattr(owner, name)
+
+    def wrapper(*args: object, **kwargs: object) -> object:
+        _note(f"{event}_start")
+        try:
+            return original(*args, **kwargs)
+        finally:
+            _note(f"{event}_end")
+
+    setattr(owner, name, wrapper)
+
+
+def _note_isolate_steps() -> None:
+    """--isolate: the test process's own steps between the fork and the test's setup.
+
+    Private functions of the plugin, wrapped by name; a step that is not
+    found (a later version) is left out of the breakdown, not an error.
+    The wrappers are made in pytest, before the fork, so every test
+    process inherits them; each note costs the child a few page faults of
+    its own, so the steps are approximate, their order and size are not.
+    """
+    from pytest_isolate import runtime
+    from pytest_isolate.container import launcher
+
+    for name, event in (("_leave_pytest", "leave"), ("_settle", "settle")):
+        if hasattr(launcher, name):
+            _noted(launcher, name, event)
+    make_protocol = getattr(runtime, "_pytest_protocol", None)
+    if make_protocol is not None:
+
+        def noting_protocol(*args: object, **kwargs: object) -> object:
+            run_test = make_protocol(*args, **kwargs)
+
+            def noted_run_test() -> None:
+                _note("protocol")
+                run_test()
+
+            return noted_run_test
+
+        runtime._pytest_protocol = noting_protocol
+
+
 def pytest_configure(config: pytest.Config) -> None:
     global _fd
     path = os.environ.get("PYTEST_ISOLATE_TIMELINE")
     if path:
         _fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         os.fork = _fork
+        if getattr(config.option, "isolate", False):
+            _note_isolate_steps()
 
 
 @pytest.hookimpl(hookwrapper=True)
