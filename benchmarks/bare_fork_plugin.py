@@ -31,7 +31,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
-        _run_child(item, nextitem, write_end)  # never returns
+        run_child(item, nextitem, write_end)  # never returns
     os.close(write_end)
     with os.fdopen(read_end, "rb") as pipe:
         payload = pipe.read()  # to EOF before waitpid: a full pipe would block the child
@@ -39,11 +39,11 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise RuntimeError(f"bare_fork_plugin: child for {item.nodeid} exited with {code}")
-    _replay(item, payload)
+    replay(item, payload)
     return True
 
 
-def _run_child(item: pytest.Item, nextitem: pytest.Item | None, write_end: int) -> None:
+def run_child(item: pytest.Item, nextitem: pytest.Item | None, write_end: int) -> None:
     """Run the test, write one JSON report per line, and leave with os._exit.
 
     os._exit skips atexit handlers and the flushing of buffers inherited from
@@ -64,7 +64,7 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, write_end: int) 
         os._exit(code)
 
 
-def _replay(item: pytest.Item, payload: bytes) -> None:
+def replay(item: pytest.Item, payload: bytes) -> None:
     """Rebuild the child's reports and log them as if the test had run here."""
     config = item.config
     item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)

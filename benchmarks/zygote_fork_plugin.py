@@ -23,13 +23,12 @@ reporting turns into an error.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 
 import pytest
-from _pytest.runner import runtestprotocol
+from bare_fork_plugin import replay, run_child  # the same child and replay: only the forking differs
 
 _server: socket.socket | None = None  # pytest's end of the zygote's socket
 _items: list[pytest.Item] = []
@@ -55,7 +54,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         payload = pipe.read()  # to end-of-file: the child and the zygote closed theirs
     if not payload:
         raise RuntimeError(f"zygote_fork_plugin: the child for {item.nodeid} sent no reports")
-    _replay(item, payload)
+    replay(item, payload)
     return True
 
 
@@ -89,31 +88,5 @@ def _serve(channel: socket.socket) -> None:
             channel.close()
             item = _items[index]
             nextitem = _items[index + 1] if index + 1 < len(_items) else None
-            _run_child(item, nextitem, fds[0])  # never returns
+            run_child(item, nextitem, fds[0])  # never returns
         os.close(fds[0])
-
-
-def _run_child(item: pytest.Item, nextitem: pytest.Item | None, write_end: int) -> None:
-    """As in bare_fork_plugin: run the test, write one JSON report per line, os._exit."""
-    code = 1
-    try:
-        config = item.config
-        reports = runtestprotocol(item, log=False, nextitem=nextitem)
-        lines = [
-            json.dumps(config.hook.pytest_report_to_serializable(config=config, report=report))
-            for report in reports
-        ]
-        with os.fdopen(write_end, "wb") as pipe:
-            pipe.write("\n".join(lines).encode())
-        code = 0
-    finally:
-        os._exit(code)
-
-
-def _replay(item: pytest.Item, payload: bytes) -> None:
-    config = item.config
-    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-    for line in payload.decode().splitlines():
-        report = config.hook.pytest_report_from_serializable(config=config, data=json.loads(line))
-        item.ihook.pytest_runtest_logreport(report=report)
-    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
