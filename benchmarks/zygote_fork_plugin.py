@@ -86,6 +86,7 @@ def _serve(channel: socket.socket) -> None:
         index = int(message)
         if os.fork() == 0:
             channel.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the test's own subprocesses are waited for
             item = _items[index]
             nextitem = _items[index + 1] if index + 1 < len(_items) else None
             run_child(item, nextitem, fds[0])  # never returns
