@@ -154,6 +154,45 @@ def test_module_marker_and_closest_wins(pytester: pytest.Pytester) -> None:
     ]
 
 
+@pytest.mark.requires(*CONTAINER)
+def test_a_marker_added_by_a_conftest_hook_isolates_the_test(pytester: pytest.Pytester) -> None:
+    """The README's way to isolate part of a suite: a collection hook marks the tests."""
+    import socket
+
+    pytester.makeconftest(
+        """
+        import pytest
+
+        def pytest_collection_modifyitems(items):
+            for item in items:
+                if "writes" in item.name:
+                    item.add_marker(pytest.mark.isolated(hostname="marked-by-hook"))
+                if "bad" in item.name:
+                    item.add_marker(pytest.mark.isolated(cpu="much"))
+        """
+    )
+    pytester.makepyfile(
+        test_part=f"""
+        import socket
+
+        def test_writes_etc():
+            assert socket.gethostname() == "marked-by-hook"
+
+        def test_stays_on_the_host():
+            assert socket.gethostname() == {socket.gethostname()!r}
+
+        def test_bad_marker():
+            pass
+        """
+    )
+    result = run(pytester, "-rA")
+    assert failure_lines(result) == [
+        "ERROR test_part.py::test_bad_marker - test_part.py::test_bad_marker: @isolated(cpu='much') is invalid: "
+        "expected a number of cores from 0.01 up, such as 0.5 or 2"
+    ]
+    result.assert_outcomes(passed=2, errors=1)
+
+
 @pytest.mark.parametrize(
     ("args", "ini", "message"),
     [
