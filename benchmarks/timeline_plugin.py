@@ -75,8 +75,8 @@ def _note_isolate_steps() -> None:
     Private functions of the plugin, wrapped by name; a step that is not
     found (a later version) is left out of the breakdown, not an error.
     The wrappers are made in pytest, before the fork, so every test
-    process inherits them; each note costs the child a few page faults of
-    its own, so the steps are approximate, their order and size are not.
+    process inherits them.  Each note costs the child a few page faults of
+    its own, so a step's figures are a little high; their order is exact.
     """
     from pytest_isolate import runtime
     from pytest_isolate.container import launcher

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 
 import pytest
 from conftest import CONTAINER
@@ -157,8 +158,6 @@ def test_module_marker_and_closest_wins(pytester: pytest.Pytester) -> None:
 @pytest.mark.requires(*CONTAINER)
 def test_a_marker_added_by_a_conftest_hook_isolates_the_test(pytester: pytest.Pytester) -> None:
     """The README's way to isolate part of a suite: a collection hook marks the tests."""
-    import socket
-
     pytester.makeconftest(
         """
         import pytest
