@@ -239,6 +239,19 @@ def test_a_dead_preparer_ends_preparing_for_the_session(preparer: Preparer) -> N
     assert process.poll() is not None
 
 
+def test_the_preparer_has_a_name_of_its_own_in_ps(preparer: Preparer) -> None:
+    preparer.start()
+    process = preparer._process
+    assert process is not None
+
+    def name() -> str:
+        with open(f"/proc/{process.pid}/comm") as handle:
+            return handle.read()
+
+    # Its interpreter starts first: "python3" (or the like) until then.
+    assert wait_for(lambda: name() == "isolate-prepare\n", 10), name()
+
+
 def _children(preparer: Preparer) -> list[int]:
     process = preparer._process
     assert process is not None

@@ -38,6 +38,7 @@ MS_PRIVATE = 0x40000
 MNT_DETACH = 0x2
 
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 
 # pivot_root has no glibc wrapper; its number differs per architecture.
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "s390x": 217}.get(
@@ -94,6 +95,12 @@ def set_parent_death_signal(signum: int) -> None:
     # Fires when the *thread* that forked us exits (prctl(2)); the pytest
     # process forks from the thread that runs tests, which outlives the test.
     _check(_libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+
+
+def set_process_name(name: str) -> None:
+    """What ``ps``, ``top`` and ``/proc/PID/comm`` show for this process: 15 bytes at most."""
+    buffer = ctypes.create_string_buffer(name.encode()[:15])
+    _check(_libc.prctl(PR_SET_NAME, ctypes.addressof(buffer), 0, 0, 0), "prctl(PR_SET_NAME)")
 
 
 # close_range(2) has the same number on every architecture (kernel >= 5.9).

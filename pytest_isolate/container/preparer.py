@@ -65,6 +65,9 @@ TAKE_SECONDS = 60.0
 AHEAD = 2
 # After this many failed preparations in a row, stop trying for the session.
 FAILURES_BEFORE_GIVING_UP = 3
+# Its name in `ps` and `top`, beside its containers' "isolate-init": not one
+# more "python3" that a user (or a profile) cannot tell from pytest's.
+PROCESS_NAME = "isolate-prepare"
 
 NAMESPACE_FLAGS = (
     ("pid", libc.CLONE_NEWPID),
@@ -287,6 +290,7 @@ def serve(socket_fd: int, pytest_pid: int, *, forked_init: bool = False) -> None
     libc.set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != pytest_pid:
         os._exit(0)
+    libc.set_process_name(PROCESS_NAME)
     # Each init is our child until its container ends: the kernel reaps them.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     os.set_inheritable(socket_fd, False)
