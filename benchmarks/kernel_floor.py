@@ -170,7 +170,7 @@ def main(argv: List[str] | None = None) -> None:
         }
     base = medians["fork and exit"]
     print(f"{args.children} children per row, median of {args.rounds} round(s); us per child")
-    print(f"(the overlay's own cost is the last row over the one before it)\n")
+    print("(the overlay's own cost is the last row over the one before it)\n")
     print(f"{'':36} {'wall us':>8} {'over fork':>10} {'CPU us':>8} {'over fork':>10}")
     for name, row in medians.items():
         print(
