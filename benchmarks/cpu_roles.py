@@ -41,15 +41,16 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
 
+from pytest_isolate.container.init_program import COMM as INIT_NAME  # noqa: E402
+from pytest_isolate.container.preparer import PROCESS_NAME as PREPARER_NAME  # noqa: E402
+
 ROLES = ("pytest", "test processes", "preparer", "init", "kernel threads", "other")
 KERNEL_THREAD_PREFIXES = ("kworker", "ksoftirqd", "rcu", "migration", "kthreadd", "kcompactd", "kswapd", "khugepaged")
-PREPARER_NAME = "isolate-prepare"
-INIT_NAME = "isolate-init"
 SAMPLE_HZ = 4000
 
 _HEADER = re.compile(r"^\s*(?P<comm>.*?)\s+(?P<pid>\d+)/(?P<tid>\d+)\s*$")
@@ -63,7 +64,7 @@ class ProcessTree:
 
     def __init__(self) -> None:
         self.parent: Dict[int, int] = {}
-        self.execed: Dict[int, str] = {}  # pid -> comm right after its (last) exec
+        self.execed: Set[int] = set()  # processes that exec'd
         self.named: Dict[int, str] = {}  # pid -> its last comm, exec or PR_SET_NAME
         self.root: Optional[int] = None  # the first process that perf's child exec'd: pytest
 
@@ -80,7 +81,7 @@ class ProcessTree:
                 return  # a thread's name
             self.named[pid] = comm["comm"]
             if comm["exec"]:
-                self.execed[pid] = comm["comm"]
+                self.execed.add(pid)
                 if self.root is None and pid in self.parent:
                     self.root = pid
 
@@ -197,7 +198,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         sys.exit("cpu_roles.py: perf not found (Debian: apt-get install linux-perf)")
     if os.geteuid() != 0:
         sys.exit("cpu_roles.py: run it as root (perf record -a, and --isolate's containers)")
-    configs = [config for config in bench.builtin_configurations(forked=False)] + args.extra
+    configs = bench.builtin_configurations(forked=False) + args.extra
     if args.xdist:
         configs = bench.xdist_configurations(configs, 2)
     bench.precompile(configs)
